@@ -1,0 +1,7 @@
+"""Callbacks: throughput and memory monitor, verified checkpoints, prediction writer."""
+
+from lightft.callbacks.checkpoint import VerifiedCheckpoint, verify_checkpoint
+from lightft.callbacks.monitor import TrainingMonitor, peak_memory_bytes
+from lightft.callbacks.predictions import PredictionWriter
+
+__all__ = ["PredictionWriter", "TrainingMonitor", "VerifiedCheckpoint", "peak_memory_bytes", "verify_checkpoint"]

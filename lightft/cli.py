@@ -1,0 +1,126 @@
+"""The `lightft` command: LightningCLI subcommands (fit/validate/test/predict) plus export and generate.
+
+Wiring only: the model (`model:`) and datamodule (`data:`) are chosen by `class_path`; the model's `ModelSpec` is
+linked into the datamodule's tokenizer; every run writes into one directory (`trainer.default_root_dir`): its
+resolved `config.yaml`, TensorBoard logs and `checkpoints/`. A directory holding another run is never reused
+unless `--overwrite true`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from lightft.callbacks import PredictionWriter, TrainingMonitor, VerifiedCheckpoint
+from lightft.errors import LightFTError
+
+EXTRA_COMMANDS = ("export", "generate")
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "default_root_dir": "runs/default",
+    "use_distributed_sampler": False,  # the batch planner splits data across ranks itself
+    "log_every_n_steps": 1,
+}
+SAME_RUN_KEYS = ("model", "data")  # what makes two configs the same run (trainer settings may change on resume)
+
+
+class RunDirectory(SaveConfigCallback):
+    """Saves the resolved config into the run directory, refusing a directory that holds a different run.
+
+    Resuming (`--ckpt_path`) with the same model and data config is allowed; anything else needs `--overwrite true`.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check the run directory (rank 0 decides, every rank raises), then save the config."""
+        if stage != "fit":
+            return
+        problem = self._problem(trainer) if trainer.is_global_zero and not self.overwrite else None
+        problem = trainer.strategy.broadcast(problem)
+        if problem:
+            raise LightFTError(problem)
+        self.overwrite = True  # a resumed run rewrites its own config
+        super().setup(trainer, pl_module, stage)
+
+    def _problem(self, trainer: pl.Trainer) -> str | None:
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        config_path = run_dir / self.config_filename
+        fix = "pick another --trainer.default_root_dir or pass --overwrite true to replace it"
+        if not config_path.is_file():
+            ckpts = run_dir / "checkpoints"
+            if ckpts.is_dir() and any(ckpts.iterdir()):
+                return f"trainer.default_root_dir: '{run_dir}' holds checkpoints of an unknown run; {fix}."
+            return None
+        old = yaml.safe_load(config_path.read_text()) or {}
+        new = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        differs = [k for k in SAME_RUN_KEYS if old.get(k) != new.get(k)]
+        if trainer.ckpt_path and not differs:
+            return None
+        what = f"a different run ({', '.join(differs)} differ)" if differs else "a run"
+        resume = "" if differs else f"resume it with --ckpt_path {run_dir}/checkpoints/last.ckpt, or "
+        return f"trainer.default_root_dir: '{run_dir}' already holds {what} ({config_path}); {resume}{fix}."
+
+
+class LightFTCLI(LightningCLI):
+    """LightningCLI with lightft's defaults: subclass mode, linked tokenizer, one directory per run."""
+
+    def __init__(self, args: Any = None, run: bool = True) -> None:
+        from lightft.modules.base import LightFTModule
+
+        super().__init__(
+            LightFTModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RunDirectory,
+            save_config_kwargs={"overwrite": False},
+            trainer_defaults={
+                **TRAINER_DEFAULTS,
+                "callbacks": [TrainingMonitor(), LearningRateMonitor(logging_interval="step"), PredictionWriter()],
+            },
+            auto_configure_optimizers=False,
+            parser_kwargs={"parser_mode": "yaml"},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Checkpointing group, the model -> tokenizer link and `--overwrite`."""
+        parser.add_lightning_class_args(VerifiedCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+        parser.link_arguments("model.init_args.model", "data.init_args.tokenizer", apply_on="parse")
+        parser.add_argument("--overwrite", type=bool, default=False, help="Replace a run directory holding another run.")
+
+    def before_instantiate_classes(self) -> None:
+        """TensorBoard logs straight into the run directory; honour `--overwrite`."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.save_config_kwargs["overwrite"] = bool(config.get("overwrite"))
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=config.trainer.default_root_dir, name="", version=""),
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `lightft` console script (`argv` defaults to the command line)."""
+    words = sys.argv[1:] if argv is None else argv
+    try:
+        if words and words[0] in EXTRA_COMMANDS:
+            from lightft.commands import run_command
+
+            run_command(words[0], words[1:])
+        else:
+            LightFTCLI(args=argv)
+    except LightFTError as err:
+        print(f"lightft: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

