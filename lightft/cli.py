@@ -8,13 +8,14 @@ unless `--overwrite true`.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -59,7 +60,7 @@ class RunDirectory(SaveConfigCallback):
         old = yaml.safe_load(config_path.read_text()) or {}
         new = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         differs = [k for k in SAME_RUN_KEYS if old.get(k) != new.get(k)]
-        if trainer.ckpt_path and not differs:
+        if self.config.get("ckpt_path") and not differs:
             return None
         what = f"a different run ({', '.join(differs)} differ)" if differs else "a run"
         resume = "" if differs else f"resume it with --ckpt_path {run_dir}/checkpoints/last.ckpt, or "
@@ -84,7 +85,7 @@ class LightFTCLI(LightningCLI):
                 "callbacks": [TrainingMonitor(), LearningRateMonitor(logging_interval="step"), PredictionWriter()],
             },
             auto_configure_optimizers=False,
-            parser_kwargs={"parser_mode": "yaml"},
+            parser_kwargs={"parser_mode": "yaml", "exit_on_error": False},
             args=args,
             run=run,
         )
@@ -117,9 +118,41 @@ def main(argv: list[str] | None = None) -> None:
             run_command(words[0], words[1:])
         else:
             LightFTCLI(args=argv)
-    except LightFTError as err:
-        print(f"lightft: error: {err}", file=sys.stderr)
+    except ArgumentError as err:
+        print(f"lightft: error: {config_error(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        user_error = _find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"lightft: error: {user_error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _find_user_error(err: BaseException | None) -> LightFTError | None:
+    """The LightFTError behind `err`, also when a library wrapped it (jsonargparse, datasets)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LightFTError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+DETAIL = re.compile(r"not accepted|not expected|unrecognized|expected a|does not exist|no action|required|invalid|not found", re.I)
+
+
+def config_error(message: str) -> str:
+    """jsonargparse's nested, multi-line parse errors condensed to one line that names the key."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys = [m.group(1) for line in lines if (m := re.search(r'(?:Parser key|Key) "([^"]+)"', line))]
+    classes = [m.group(1) for line in lines if (m := re.search(r"class_path '([^']+)'", line))]
+    details = [line for line in lines if DETAIL.search(line) and not line.startswith("Given value")]
+    where = f"{keys[0]}: " if keys else ""
+    owner = f" ({classes[0]})" if classes else ""
+    detail = details[0] if details else lines[-1] if lines else "invalid configuration"
+    return f"{where}{detail}{owner}; see --help or --print_config for the valid keys and types."
 
 
 if __name__ == "__main__":

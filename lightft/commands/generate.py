@@ -1,8 +1,8 @@
 """`lightft generate`: a quick look at what a model learned.
 
 Loads a base model (hub id, directory, `package://`, GGUF), a base plus a peft adapter, or a `lightft export`
-directory; applies the chat template; decodes greedily or samples. Prompts come from `--prompt` (repeatable) or a
-dataset file in any supported format; when the file has reference answers, the exact-match rate is printed.
+directory; applies the chat template; decodes greedily or samples. Prompts come from `--prompt` or a
+dataset file in any supported format (`--prompts_file`); when the file has reference answers, the exact-match rate is printed.
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ def _load(model: str, gguf_file: str | None, adapter: str | None) -> tuple[Any, 
     return network.eval(), tokenizer
 
 
-def _prompts(tokenizer: Any, prompt: list[str], prompts_file: str | None, system: str | None, limit: int) -> list[dict]:
+def _prompts(tokenizer: Any, prompt: str | None, prompts_file: str | None, system: str | None, limit: int) -> list[dict]:
     if prompts_file:
         rows = encode_prompts(DatasetSpec(prompts_file), "--prompts_file", tokenizer, max_length=4096)
         return [rows[i] for i in range(min(limit, len(rows)))]
     if not prompt:
-        raise LightFTError("give --prompt TEXT (repeatable) or --prompts_file FILE.")
+        raise LightFTError("give --prompt TEXT or --prompts_file FILE (a dataset file in any lightft format).")
     encoder = ExampleEncoder(tokenizer, max_length=4096)
     items = []
-    for text in prompt:
+    for text in [prompt]:
         if tokenizer.chat_template:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
             example = Example(messages)
@@ -60,7 +60,7 @@ def _prompts(tokenizer: Any, prompt: list[str], prompts_file: str | None, system
 
 def generate(
     model: str,
-    prompt: list[str] | None = None,
+    prompt: str | None = None,
     prompts_file: str | None = None,
     adapter: str | None = None,
     gguf_file: str | None = None,
@@ -78,7 +78,7 @@ def generate(
 
     Args:
         model: Hub id, local directory, `package://NAME`, or a `lightft export` directory.
-        prompt: A user message to answer (repeat the flag for several).
+        prompt: A user message to answer (for several, use `prompts_file`).
         prompts_file: A dataset file (any lightft format); its trained turns are used as references.
         adapter: A peft adapter directory to apply to `model`.
         gguf_file: GGUF file inside `model`.
@@ -94,7 +94,7 @@ def generate(
     """
     torch.manual_seed(seed)
     network, tokenizer = _load(model, gguf_file, adapter)
-    items = [{**item, "index": i} for i, item in enumerate(_prompts(tokenizer, prompt or [], prompts_file, system, limit))]
+    items = [{**item, "index": i} for i, item in enumerate(_prompts(tokenizer, prompt, prompts_file, system, limit))]
     settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p)
     collate = PromptCollator(tokenizer.pad_token_id)
     rows = []

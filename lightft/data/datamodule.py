@@ -99,7 +99,8 @@ class SFTDataModule(pl.LightningDataModule):
         if self._tokenizer is None:
             if self.tokenizer_spec is None:
                 raise LightFTError(f"{KEY}.tokenizer: not set; name the model (model.init_args.model) or set it.")
-            self._tokenizer = load_tokenizer(self.tokenizer_spec, key=f"{KEY}.tokenizer.path")
+            # the spec is linked from the model's, so errors name the key the user wrote
+            self._tokenizer = load_tokenizer(self.tokenizer_spec, key="model.init_args.model.path")
         return self._tokenizer
 
     def prepare_data(self) -> None:

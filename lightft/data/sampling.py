@@ -70,12 +70,14 @@ class PlannedBatchSampler(Sampler[list[tuple[int, int]]]):
         steps = [order[i : i + self.global_batch] for i in range(0, len(order), self.global_batch)]
         if steps and len(steps[-1]) < self.world_size:
             steps.pop()  # too few items to give every rank one
+        # a partial step must stay last: Lightning steps the optimizer every `accumulate` micro-batches
+        partial = [steps.pop()] if steps and len(steps[-1]) < self.global_batch else []
         if self.shuffle and self.group_by_length and len(steps) > 1:
             # keep the longest step first (a memory problem shows at once), shuffle the rest
             longest = max(range(len(steps)), key=lambda s: self.lengths[steps[s]].max())
             rest = [s for i, s in enumerate(steps) if i != longest]
             steps = [steps[longest]] + [rest[i] for i in rng.permutation(len(rest))]
-        return steps
+        return steps + partial
 
     def _micro_batches(self, step: np.ndarray) -> list[np.ndarray]:
         per_rank = min(self.accumulate, math.ceil(len(step) / (self.batch_size * self.world_size)))

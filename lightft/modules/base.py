@@ -76,7 +76,7 @@ class LightFTModule(pl.LightningModule):
         base = load_model(self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY)
         model = self.peft.apply(base)
         if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable({"use_reentrant": False})
             model.config.use_cache = False
         return model
 

@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny Llama (2 layers, hidden 64) and its tokenizer, built in-process; no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightft.models.loading import ModelSpec, load_model, load_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "assets" / "tiny-llama"
+QUICKSTART = ROOT / "data" / "quickstart"
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> ModelSpec:
+    return ModelSpec(str(TINY), random_init=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_spec):
+    return load_tokenizer(tiny_spec)
+
+
+@pytest.fixture
+def tiny_model(tiny_spec, tokenizer):
+    return load_model(tiny_spec, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_dir(tmp_path_factory, tiny_spec, tokenizer) -> Path:
+    """The tiny model saved as a real checkpoint (weights + tokenizer), for loading-from-disk paths."""
+    out = tmp_path_factory.mktemp("tiny-weights")
+    model = load_model(tiny_spec, tokenizer)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def chat(user: str, assistant: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}

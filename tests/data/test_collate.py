@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from lightft.data.collate import Collator, TokenDataset, pack_lengths
+from lightft.data.formats import Example
+from lightft.data.templates import ExampleEncoder
+from lightft.losses.sft import token_cross_entropy
+from lightft.models.loading import ModelSpec, load_model
+
+
+def test_pack_lengths_is_a_valid_best_fit_packing():
+    lengths = [5, 9, 3, 7, 1, 10, 2, 8]
+    packs = pack_lengths(lengths, 10)
+    assert sorted(i for pack in packs for i in pack) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in pack) <= 10 for pack in packs)
+    assert len(packs) == 5  # total 45 tokens: 5 bins of 10 is optimal here
+    assert pack_lengths(lengths, 10) == packs  # deterministic
+
+
+def rows(encoded):
+    return {
+        "input_ids": [e.input_ids for e in encoded],
+        "labels": [e.labels for e in encoded],
+        "length": [len(e.input_ids) for e in encoded],
+        "n_trained": [e.n_trained for e in encoded],
+    }
+
+
+class Rows(list):
+    """A list of row dicts that also answers column and list-of-index lookups like datasets.Dataset."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return [row[key] for row in self]
+        if isinstance(key, list):
+            return {k: [list.__getitem__(self, i)[k] for i in key] for k in list.__getitem__(self, 0)}
+        return list.__getitem__(self, key)
+
+
+def make_rows(tokenizer, texts):
+    encoder = ExampleEncoder(tokenizer, 128)
+    encoded = [encoder.encode(Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}], [1])) for q, a in texts]
+    columns = rows(encoded)
+    return Rows([{k: columns[k][i] for k in columns} for i in range(len(encoded))])
+
+
+TEXTS = [("Log this order: two lattes", "done"), ("hi", "a much longer answer with many words in it"), ("x", "y")]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_documents_have_exactly_their_unpacked_losses(tokenizer, attn):
+    model = load_model(ModelSpec("tests/assets/tiny-llama", random_init=True, attn_implementation=attn), tokenizer)
+    data = make_rows(tokenizer, TEXTS)
+    collate = Collator(tokenizer.pad_token_id)
+    alone = []
+    for i in range(len(data)):
+        batch = collate([TokenDataset(data)[i]])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        alone.append(token_cross_entropy(logits, batch["labels"]))
+    packed = TokenDataset(data, packs=[[0, 1, 2]])
+    batch = collate([packed[0], {**packed[0], "input_ids": packed[0]["input_ids"][:5], "labels": packed[0]["labels"][:5],
+                                 "position_ids": packed[0]["position_ids"][:5]}])
+    assert "attention_mask" not in batch
+    # use_cache=False as in SFTModule.forward: transformers only detects packed rows when no KV cache is built
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[:1]
+    start = 0
+    for i, length in enumerate(data["length"]):
+        span = slice(start, start + length)
+        loss, n = token_cross_entropy(logits[:, span], batch["labels"][:1, span])
+        assert n == alone[i][1]
+        torch.testing.assert_close(loss, alone[i][0], rtol=1e-5, atol=1e-5)
+        start += length
+    # and the whole packed row's loss is the sum of the documents' losses
+    total, count = token_cross_entropy(logits, batch["labels"][:1])
+    torch.testing.assert_close(total, sum(a[0] for a in alone), rtol=1e-5, atol=1e-5)
+    assert count == sum(a[1] for a in alone)
+
+
+def test_without_position_resets_packing_would_leak(tokenizer):
+    """Guards the test above: attending across documents does change the second document's loss."""
+    model = load_model(ModelSpec("tests/assets/tiny-llama", random_init=True), tokenizer)
+    data = make_rows(tokenizer, TEXTS[:2])
+    item = TokenDataset(data, packs=[[0, 1]])[0]
+    ids = torch.tensor([item["input_ids"]])
+    leaky = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    exact = model(input_ids=ids, position_ids=torch.tensor([item["position_ids"]]), use_cache=False).logits
+    second = slice(data["length"][0], None)
+    assert not torch.allclose(leaky[:, second], exact[:, second], atol=1e-4)
+
+
+def test_collator_pads_right_with_pad_not_eos(tokenizer):
+    data = make_rows(tokenizer, TEXTS)
+    batch = Collator(tokenizer.pad_token_id, pad_to_multiple_of=8)([TokenDataset(data)[i] for i in range(3)])
+    assert batch["input_ids"].shape[1] % 8 == 0
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert lengths == data["length"]
+    assert (batch["input_ids"][0, lengths[0]:] == tokenizer.pad_token_id).all()
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
