@@ -17,10 +17,9 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import instantiate_module
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lightft.errors import LightFTError
-from lightft.models.loading import ModelSpec, load_model, load_tokenizer
+from lightft.models.loading import ModelSpec, load_model, load_tokenizer, savable
 from lightft.modules.base import LightFTModule, _plain
 
 METADATA = "lightft.json"
@@ -62,18 +61,6 @@ def _probe(model: nn.Module) -> torch.Tensor:
         return model(input_ids=ids).logits.float()
 
 
-def _standalone(model: PreTrainedModel) -> PreTrainedModel:
-    """A copy that `save_pretrained` accepts: GGUF-loaded models keep a quantization config that blocks saving."""
-    if getattr(model.config, "quantization_config", None) is None:
-        return model
-    config = model.config
-    del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    fresh.load_state_dict(model.state_dict())
-    fresh.generation_config = model.generation_config
-    return fresh
-
-
 def export(
     ckpt: str,
     out: str,
@@ -100,7 +87,7 @@ def export(
     target.mkdir(parents=True)
     record = {"base": module.model_spec.to_dict(), "peft": _plain(module.peft), "merged": merge, "checkpoint": ckpt}
     if merge:
-        merged = _standalone(module.peft.merge(module.model))
+        merged = savable(module.peft.merge(module.model))
         if dtype != "keep":
             merged = merged.to(getattr(torch, dtype))
         merged.save_pretrained(target)

@@ -7,10 +7,11 @@ consumer sees the same token ids.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,8 +181,12 @@ def load_model(
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     try:
-        if spec.random_init:
-            model = _random_model(path, spec.seed, dtype, kwargs, quantization_config, device_map)
+        if quantization_config is not None and (spec.random_init or gguf):
+            # bitsandbytes quantizes while loading a checkpoint; random or GGUF weights go through a temporary one
+            unquantized = replace(spec, dtype="float32" if spec.dtype == "auto" else spec.dtype)
+            model = _quantize_via_checkpoint(load_model(unquantized, key=key), dtype, quantization_config, device_map)
+        elif spec.random_init:
+            model = _random_model(path, spec.seed, dtype, kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, quantization_config=quantization_config, device_map=device_map, **kwargs
@@ -193,24 +198,38 @@ def load_model(
     return model
 
 
-def _random_model(
-    path: str, seed: int, dtype: torch.dtype, kwargs: dict[str, Any], quantization_config: Any, device_map: Any
-) -> PreTrainedModel:
-    """Random weights from `path`'s config; quantized through a temporary checkpoint when asked (bitsandbytes
-    quantizes while loading a checkpoint, not an in-memory model)."""
+def _random_model(path: str, seed: int, dtype: torch.dtype, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """Random weights for `path`'s architecture, reproducible from `seed`."""
     config = AutoConfig.from_pretrained(path, **kwargs)
     init_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "attn_implementation")}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **init_kwargs)
-    if quantization_config is None:
-        return model
-    with tempfile.TemporaryDirectory(prefix="lightft-random-") as tmp:
-        model.save_pretrained(tmp)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, **init_kwargs)
+
+
+def _quantize_via_checkpoint(
+    model: PreTrainedModel, dtype: torch.dtype, quantization_config: Any, device_map: Any
+) -> PreTrainedModel:
+    attn = model.config._attn_implementation
+    with tempfile.TemporaryDirectory(prefix="lightft-quantize-") as tmp:
+        savable(model).save_pretrained(tmp)
         del model
         return AutoModelForCausalLM.from_pretrained(
-            tmp, dtype=dtype, quantization_config=quantization_config, device_map=device_map, **init_kwargs
+            tmp, dtype=dtype, quantization_config=quantization_config, device_map=device_map, attn_implementation=attn
         )
+
+
+def savable(model: PreTrainedModel) -> PreTrainedModel:
+    """A model `save_pretrained` accepts: GGUF-loaded models keep a quantization config that blocks saving, so
+    their weights are copied into a fresh model of the same architecture."""
+    if getattr(model.config, "quantization_config", None) is None:
+        return model
+    config = copy.deepcopy(model.config)
+    del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    fresh.load_state_dict(model.state_dict())
+    fresh.generation_config = model.generation_config
+    return fresh
 
 
 def _fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -78,7 +78,7 @@ class LightFTModule(pl.LightningModule):
         if self.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
             model.config.use_cache = False
-        return model
+        return model.train()  # from_pretrained returns eval mode; dropout must be active while training
 
     def _load_device(self) -> torch.device:
         return self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")

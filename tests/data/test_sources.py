@@ -27,8 +27,7 @@ def test_missing_file_names_the_key(tmp_path):
         load_rows(DatasetSpec(str(tmp_path / "nope.jsonl")), "data.init_args.train")
 
 
-def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def test_unreachable_hub_dataset_is_a_clear_error():
     with pytest.raises(LightFTError, match="could not be loaded from the Hub"):
         load_rows(DatasetSpec("no-such-org/no-such-dataset"), "data.init_args.train")
 

@@ -1,0 +1,25 @@
+"""Every shipped YAML parses against the CLI and instantiates its model, data and trainer; its local files exist."""
+
+from pathlib import Path
+
+import pytest
+
+from lightft.cli import LightFTCLI
+from tests.conftest import ROOT
+
+CONFIGS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml"))
+
+
+def test_there_are_recipes():
+    names = {p.name for p in CONFIGS}
+    assert {"quickstart.yaml", "tiny.yaml", "smollm2_lora.yaml", "smollm2_qlora.yaml", "smollm2_full.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=str)
+def test_config_parses_and_instantiates(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cli = LightFTCLI(args=["--config", str(path), "--trainer.accelerator", "cpu", "--trainer.devices", "1"], run=False)
+    assert cli.model.model_spec.path and cli.datamodule.tokenizer_spec == cli.model.model_spec
+    for spec in cli.datamodule.specs.values():
+        if spec is not None and spec.path.endswith((".jsonl", ".json", ".parquet", ".csv")):
+            assert Path(spec.path).is_file(), f"{path} names missing data {spec.path}"
