@@ -4,16 +4,23 @@ The public names below are what configs refer to by `class_path` (e.g. `lightft.
 """
 
 import logging
+import warnings
 
-# bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub (offline here); the
-# built-in kernels are used instead, so the message is noise for users.
+# Library chatter that users cannot act on: bitsandbytes cannot fetch an optional CPU kernel from the Hub (its
+# built-in kernels are used), peft calls a transformers method renamed in v5, Lightning uses a deprecated torch
+# pytree check, and Lightning advertises a cloud logger at every start.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not str(record.msg).startswith("💡 Tip")
+)
 
-from lightft.data.datamodule import SFTDataModule
-from lightft.errors import LightFTError
-from lightft.models.loading import ModelSpec
-from lightft.modules.base import LightFTModule
-from lightft.modules.sft import SFTModule
+from lightft.data.datamodule import SFTDataModule  # noqa: E402
+from lightft.errors import LightFTError  # noqa: E402
+from lightft.models.loading import ModelSpec  # noqa: E402
+from lightft.modules.base import LightFTModule  # noqa: E402
+from lightft.modules.sft import SFTModule  # noqa: E402
 
 __version__ = "0.1.0"
 

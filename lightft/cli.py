@@ -9,6 +9,7 @@ unless `--overwrite true`.
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,17 @@ class RunDirectory(SaveConfigCallback):
         """Check the run directory (rank 0 decides, every rank raises), then save the config."""
         if stage != "fit":
             return
-        problem = self._problem(trainer) if trainer.is_global_zero and not self.overwrite else None
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        problem = None
+        if trainer.is_global_zero:
+            problem = _clear_run(run_dir) if self.overwrite else self._problem(run_dir)
         problem = trainer.strategy.broadcast(problem)
         if problem:
             raise LightFTError(problem)
         self.overwrite = True  # a resumed run rewrites its own config
         super().setup(trainer, pl_module, stage)
 
-    def _problem(self, trainer: pl.Trainer) -> str | None:
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    def _problem(self, run_dir: Path) -> str | None:
         config_path = run_dir / self.config_filename
         fix = "pick another --trainer.default_root_dir or pass --overwrite true to replace it"
         if not config_path.is_file():
@@ -65,6 +68,13 @@ class RunDirectory(SaveConfigCallback):
         what = f"a different run ({', '.join(differs)} differ)" if differs else "a run"
         resume = "" if differs else f"resume it with --ckpt_path {run_dir}/checkpoints/last.ckpt, or "
         return f"trainer.default_root_dir: '{run_dir}' already holds {what} ({config_path}); {resume}{fix}."
+
+
+def _clear_run(run_dir: Path) -> None:
+    """`--overwrite true`: remove what an earlier run wrote here (checkpoints, logs, config); other files stay."""
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    for path in [*run_dir.glob("events.out.tfevents.*"), run_dir / "config.yaml", run_dir / "hparams.yaml"]:
+        path.unlink(missing_ok=True)
 
 
 class LightFTCLI(LightningCLI):
@@ -95,7 +105,9 @@ class LightFTCLI(LightningCLI):
         parser.add_lightning_class_args(VerifiedCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer", apply_on="parse")
-        parser.add_argument("--overwrite", type=bool, default=False, help="Replace a run directory holding another run.")
+        parser.add_argument(
+            "--overwrite", type=bool, default=False, help="Replace a run directory holding another run."
+        )
 
     def before_instantiate_classes(self) -> None:
         """TensorBoard logs straight into the run directory; honour `--overwrite`."""
@@ -140,11 +152,13 @@ def _find_user_error(err: BaseException | None) -> LightFTError | None:
     return None
 
 
-DETAIL = re.compile(r"not accepted|not expected|unrecognized|expected a|does not exist|no action|required|invalid|not found", re.I)
+DETAIL = re.compile(
+    r"not accepted|not expected|unrecognized|expected a|does not exist|no action|required|invalid|not found", re.I
+)
 
 
 def config_error(message: str) -> str:
-    """jsonargparse's nested, multi-line parse errors condensed to one line that names the key."""
+    """Jsonargparse's nested, multi-line parse errors condensed to one line that names the key."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     keys = [m.group(1) for line in lines if (m := re.search(r'(?:Parser key|Key) "([^"]+)"', line))]
     classes = [m.group(1) for line in lines if (m := re.search(r"class_path '([^']+)'", line))]

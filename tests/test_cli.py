@@ -58,8 +58,16 @@ def test_validate_test_predict_on_a_checkpoint(tmp_path):
     common = ["--config", TINY, "--trainer.default_root_dir", str(run), "--ckpt_path", ckpt]
     main(["validate", *common])
     main(["test", *common, "--data.init_args.test", str(ROOT / "data/quickstart/val.jsonl")])
-    main(["predict", *common, "--data.init_args.predict", str(ROOT / "data/quickstart/val.jsonl"),
-          "--model.init_args.generation.max_new_tokens", "4"])
+    main(
+        [
+            "predict",
+            *common,
+            "--data.init_args.predict",
+            str(ROOT / "data/quickstart/val.jsonl"),
+            "--model.init_args.generation.max_new_tokens",
+            "4",
+        ]
+    )
     [predictions] = list((run / "predictions").glob("*.jsonl"))
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 100 and {"index", "completion", "reference"} <= set(rows[0])
@@ -78,7 +86,9 @@ def test_print_config_shows_every_default(capsys):
 
 def test_stacked_configs_override_in_order(tmp_path, capsys):
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text("model:\n  init_args:\n    peft:\n      class_path: lightft.peft.QLoRA\n      init_args:\n        r: 2\n")
+    overlay.write_text(
+        "model:\n  init_args:\n    peft:\n      class_path: lightft.peft.QLoRA\n      init_args:\n        r: 2\n"
+    )
     with pytest.raises(SystemExit):
         main(["fit", "--config", TINY, "--config", str(overlay), "--print_config"])
     peft = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["peft"]
@@ -98,8 +108,18 @@ def test_run_directory_holding_another_run_is_refused_and_kept(tmp_path, capsys)
     before = (run / "config.yaml").read_bytes()
     line = fails(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(run))
     assert "already holds a run" in line and "--ckpt_path" in line
-    line = fails(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(run), "--data.init_args.max_length", "64",
-                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    line = fails(
+        capsys,
+        "fit",
+        "--config",
+        TINY,
+        "--trainer.default_root_dir",
+        str(run),
+        "--data.init_args.max_length",
+        "64",
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+    )
     assert "different run (data differ)" in line
     assert (run / "config.yaml").read_bytes() == before
     # resuming the same run is fine, and so is replacing it when asked
@@ -126,26 +146,64 @@ def test_bad_data_gives_one_line_errors(tmp_path, capsys, rows, expected):
         path.write_text(rows)
     elif rows is not None:
         write_jsonl(path, rows)
-    line = fails(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "run"),
-                 "--data.init_args.train", str(path), "--data.init_args.val", "null")
+    line = fails(
+        capsys,
+        "fit",
+        "--config",
+        TINY,
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--data.init_args.train",
+        str(path),
+        "--data.init_args.val",
+        "null",
+    )
     assert re.search(expected, line), line
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_model_path_not_found(tmp_path, capsys):
-    line = fails(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "run"),
-                 "--model.init_args.model.path", str(tmp_path / "no-model"))
+    line = fails(
+        capsys,
+        "fit",
+        "--config",
+        TINY,
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--model.init_args.model.path",
+        str(tmp_path / "no-model"),
+    )
     assert "model.init_args.model.path" in line and "not found" in line
 
 
 def test_target_modules_matching_nothing(tmp_path, capsys):
-    line = fails(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "run"),
-                 "--model.init_args.peft.init_args.target_modules", "[query, value]")
+    line = fails(
+        capsys,
+        "fit",
+        "--config",
+        TINY,
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--model.init_args.peft.init_args.target_modules",
+        "[query, value]",
+    )
     assert "target_modules" in line and "q_proj" in line
 
 
 def test_empty_dataset(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", [chat("word " * 100, "yes")])
-    line = fails(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "run"),
-                 "--data.init_args.train", str(path), "--data.init_args.val", "null", "--data.init_args.truncation", "drop")
+    line = fails(
+        capsys,
+        "fit",
+        "--config",
+        TINY,
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--data.init_args.train",
+        str(path),
+        "--data.init_args.val",
+        "null",
+        "--data.init_args.truncation",
+        "drop",
+    )
     assert "no example is left" in line

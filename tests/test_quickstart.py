@@ -24,8 +24,21 @@ def scalars(run_dir, tag):
 def test_quickstart_trains_and_exports_on_smollm2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     run = tmp_path / "run"
-    main(["fit", "--config", "configs/quickstart.yaml", "--trainer.default_root_dir", str(run),
-          "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.log_every_n_steps", "1"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/quickstart.yaml",
+            "--trainer.default_root_dir",
+            str(run),
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "4",
+            "--trainer.log_every_n_steps",
+            "1",
+        ]
+    )
     losses = scalars(run, "train/loss")
     assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
     assert scalars(run, "val/loss")[-1] < losses[0]

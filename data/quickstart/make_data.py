@@ -13,23 +13,89 @@ import json
 import random
 from pathlib import Path
 
-NAMES = (
-    "Maria Ahmed Lena Tom Priya Kenji Sofia Omar Chloe Diego Hannah Ravi Yuki Lucas Amara Felix Ines Noah Zara Mateo "
-    "Elif Sam Aisha Jonas Mei Pablo Nora Ibrahim Clara Theo Ana Malik Freya Hugo Leila Oscar Rosa Ethan Sana Viktor"
-).split()
-HELD_OUT_NAMES = "Beatrix Kwame Solveig Tariq Marisol Dmitri Ingrid Rafael".split()
-ITEMS = [
-    ("latte", "lattes"), ("espresso", "espressos"), ("cappuccino", "cappuccinos"), ("flat white", "flat whites"),
-    ("mocha", "mochas"), ("americano", "americanos"), ("chai latte", "chai lattes"), ("iced tea", "iced teas"),
-    ("hot chocolate", "hot chocolates"), ("croissant", "croissants"), ("bagel", "bagels"), ("muffin", "muffins"),
-    ("scone", "scones"), ("cinnamon roll", "cinnamon rolls"), ("brownie", "brownies"), ("cookie", "cookies"),
-    ("sandwich", "sandwiches"), ("smoothie", "smoothies"), ("macchiato", "macchiatos"), ("cortado", "cortados"),
+NAMES = [
+    "Maria",
+    "Ahmed",
+    "Lena",
+    "Tom",
+    "Priya",
+    "Kenji",
+    "Sofia",
+    "Omar",
+    "Chloe",
+    "Diego",
+    "Hannah",
+    "Ravi",
+    "Yuki",
+    "Lucas",
+    "Amara",
+    "Felix",
+    "Ines",
+    "Noah",
+    "Zara",
+    "Mateo",
+    "Elif",
+    "Sam",
+    "Aisha",
+    "Jonas",
+    "Mei",
+    "Pablo",
+    "Nora",
+    "Ibrahim",
+    "Clara",
+    "Theo",
+    "Ana",
+    "Malik",
+    "Freya",
+    "Hugo",
+    "Leila",
+    "Oscar",
+    "Rosa",
+    "Ethan",
+    "Sana",
+    "Viktor",
 ]
-STORES = (
-    "Oak Street|Harbor Road|Main Square|Elm Avenue|Station Plaza|River Walk|Hill Lane|Market Street|Park Corner|"
-    "Bridge Road|King Street|Lake View|Mill Lane|North Gate|Garden Row"
-).split("|")
-NUMBER_WORDS = "one two three four five six seven eight nine ten".split()
+HELD_OUT_NAMES = ["Beatrix", "Kwame", "Solveig", "Tariq", "Marisol", "Dmitri", "Ingrid", "Rafael"]
+ITEMS = [
+    ("latte", "lattes"),
+    ("espresso", "espressos"),
+    ("cappuccino", "cappuccinos"),
+    ("flat white", "flat whites"),
+    ("mocha", "mochas"),
+    ("americano", "americanos"),
+    ("chai latte", "chai lattes"),
+    ("iced tea", "iced teas"),
+    ("hot chocolate", "hot chocolates"),
+    ("croissant", "croissants"),
+    ("bagel", "bagels"),
+    ("muffin", "muffins"),
+    ("scone", "scones"),
+    ("cinnamon roll", "cinnamon rolls"),
+    ("brownie", "brownies"),
+    ("cookie", "cookies"),
+    ("sandwich", "sandwiches"),
+    ("smoothie", "smoothies"),
+    ("macchiato", "macchiatos"),
+    ("cortado", "cortados"),
+]
+STORES = [
+    "Oak Street",
+    "Harbor Road",
+    "Main Square",
+    "Elm Avenue",
+    "Station Plaza",
+    "River Walk",
+    "Hill Lane",
+    "Market Street",
+    "Park Corner",
+    "Bridge Road",
+    "King Street",
+    "Lake View",
+    "Mill Lane",
+    "North Gate",
+    "Garden Row",
+]
+NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 TEMPLATES = [
     "{name} wants {qty} {item} at {store}, pickup at {time}.",
     "Hi, this is {name}. Can I get {qty} {item} from the {store} shop? I'll be there at {time}.",

@@ -31,4 +31,6 @@ def verify_checkpoint(path: str | Path, module: pl.LightningModule) -> None:
         raise RuntimeError(f"checkpoint {path} is inconsistent: extra {extra[:3]}, missing {missing[:3]}")
     for name, shape in expected.items():
         if state[name].numel() == 0 or state[name].shape != shape:
-            raise RuntimeError(f"checkpoint {path}: tensor {name} has shape {tuple(state[name].shape)}, expected {shape}")
+            raise RuntimeError(
+                f"checkpoint {path}: tensor {name} has shape {tuple(state[name].shape)}, expected {shape}"
+            )

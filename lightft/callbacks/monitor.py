@@ -25,7 +25,7 @@ def batch_tokens(batch: dict[str, Any]) -> int:
     """Non-pad tokens in a batch (packed rows count their documents, not the padding)."""
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
-    return int(batch["n_tokens"]) if "n_tokens" in batch else int(batch["input_ids"].numel())
+    return int(batch["n_tokens"])  # packed batches carry their count
 
 
 class TrainingMonitor(pl.Callback):

@@ -123,4 +123,6 @@ def _verify(directory: Path, expected: torch.Tensor, exact: bool) -> None:
     got = _probe(model)
     tolerance = 1e-4 if exact else 5e-2
     if not torch.allclose(got, expected, atol=tolerance, rtol=tolerance):
-        raise RuntimeError(f"export to {directory} reloads with different logits (max diff {(got - expected).abs().max()})")
+        raise RuntimeError(
+            f"export to {directory} reloads with different logits (max diff {(got - expected).abs().max()})"
+        )

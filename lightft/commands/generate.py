@@ -1,8 +1,9 @@
 """`lightft generate`: a quick look at what a model learned.
 
 Loads a base model (hub id, directory, `package://`, GGUF), a base plus a peft adapter, or a `lightft export`
-directory; applies the chat template; decodes greedily or samples. Prompts come from `--prompt` or a
-dataset file in any supported format (`--prompts_file`); when the file has reference answers, the exact-match rate is printed.
+directory; applies the chat template; decodes greedily or samples. Prompts come from `--prompt` or from a dataset
+file in any supported format (`--prompts_file`); when the file has reference answers, the exact-match rate is
+printed.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def _load(model: str, gguf_file: str | None, adapter: str | None) -> tuple[Any, 
     return network.eval(), tokenizer
 
 
-def _prompts(tokenizer: Any, prompt: str | None, prompts_file: str | None, system: str | None, limit: int) -> list[dict]:
+def _prompts(
+    tokenizer: Any, prompt: str | None, prompts_file: str | None, system: str | None, limit: int
+) -> list[dict]:
     if prompts_file:
         rows = encode_prompts(DatasetSpec(prompts_file), "--prompts_file", tokenizer, max_length=4096)
         return [rows[i] for i in range(min(limit, len(rows)))]
@@ -101,7 +104,7 @@ def generate(
     for start in range(0, len(items), batch_size):
         batch = collate(items[start : start + batch_size])
         texts = generate_batch(network, tokenizer, batch["input_ids"], batch["attention_mask"], settings)
-        for item, text in zip(items[start : start + batch_size], texts):
+        for item, text in zip(items[start : start + batch_size], texts, strict=True):
             prompt_text = tokenizer.decode(item["prompt_ids"], skip_special_tokens=False)
             rows.append({"prompt": prompt_text, "completion": text.strip(), "reference": item["reference"]})
             print(f"--- prompt {item['index']}\n{prompt_text.strip()}\n--- completion\n{text.strip()}\n", flush=True)

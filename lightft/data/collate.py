@@ -90,6 +90,7 @@ class Collator:
         self.pad_id, self.multiple = pad_id, max(1, pad_to_multiple_of)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Tensors of one batch."""
         width = max(len(item["input_ids"]) for item in items)
         width = -(-width // self.multiple) * self.multiple
         batch = {
@@ -110,6 +111,8 @@ class Collator:
                 batch["position_ids"][row, n:] = torch.arange(width - n)  # padding: its own document
             else:
                 batch["attention_mask"][row, :n] = 1
+        if packed:  # no attention mask to count real tokens from
+            batch["n_tokens"] = torch.tensor(sum(len(item["input_ids"]) for item in items))
         if "step_tokens" in items[0]:
             batch["step_tokens"] = torch.tensor(float(items[0]["step_tokens"]))
         return batch
@@ -122,6 +125,7 @@ class PromptCollator:
         self.pad_id = pad_id
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Tensors of one batch, plus row indices and reference texts."""
         width = max(len(item["prompt_ids"]) for item in items)
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)

@@ -105,7 +105,9 @@ def _messages(value: Any, name: str, where: str) -> list[dict[str, str]]:
     for i, message in enumerate(value):
         if not isinstance(message, Mapping) or message.get("role") not in ROLES:
             raise LightFTError(f"{where}: {name}[{i}] needs a role in {ROLES}, got {message!r:.80}.")
-        messages.append({"role": message["role"], "content": _text(message.get("content"), f"{name}[{i}].content", where)})
+        messages.append(
+            {"role": message["role"], "content": _text(message.get("content"), f"{name}[{i}].content", where)}
+        )
     return messages
 
 

@@ -91,9 +91,12 @@ def encode_split(
     return _filter(encoded, spec, key, where)
 
 
-def _filter(encoded: datasets.Dataset, spec: DatasetSpec, key: str, where: Locator) -> tuple[datasets.Dataset, SplitStats]:
+def _filter(
+    encoded: datasets.Dataset, spec: DatasetSpec, key: str, where: Locator
+) -> tuple[datasets.Dataset, SplitStats]:
     too_long = sum(encoded["too_long"])
-    zero = [i for i, (n, long) in enumerate(zip(encoded["n_trained"], encoded["too_long"])) if n == 0 and not long]
+    flags = zip(encoded["n_trained"], encoded["too_long"], strict=True)
+    zero = [i for i, (n, long) in enumerate(flags) if n == 0 and not long]
     kept = encoded.filter(lambda row: row["n_trained"] > 0, desc="dropping untrainable examples")
     stats = SplitStats(
         rows=len(encoded),
@@ -136,4 +139,3 @@ def _reference(example: Any) -> str:
     if example.conversational:
         return "\n".join(example.messages[i]["content"] for i in example.trained_turns)
     return "".join(text for text, trained in example.segments if trained)
-

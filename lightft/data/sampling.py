@@ -94,5 +94,9 @@ class PlannedBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         n = len(self.lengths)
         full, rest = divmod(n, self.global_batch)
-        last = min(self.accumulate, math.ceil(rest / (self.batch_size * self.world_size))) if rest >= self.world_size else 0
+        last = (
+            min(self.accumulate, math.ceil(rest / (self.batch_size * self.world_size)))
+            if rest >= self.world_size
+            else 0
+        )
         return full * self.accumulate + last

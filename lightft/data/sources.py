@@ -104,7 +104,7 @@ def check_json(path: Path) -> list[int]:
             raise LightFTError(
                 f"{path}:{number}: malformed JSON line ({err.msg}, column {err.colno}); fix or remove the line."
             ) from err
-        _check_objects(path, [record], lambda _: f"{path}:{number}")
+        _check_objects(path, [record], lambda _, n=number: f"{path}:{n}")
         lines.append(number)
     if not lines:
         raise LightFTError(f"{path}: the file holds no records; add examples or point to another file.")

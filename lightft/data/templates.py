@@ -8,6 +8,7 @@ exactly the template's ids. Label 0 is always ignored: no token predicts it (thi
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,7 +90,8 @@ class ExampleEncoder:
             return _tokenize_pieces(self.tokenizer, text, spans)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        labels = [tid if _inside(start, spans) else IGNORE_INDEX for tid, (start, _) in zip(ids, enc["offset_mapping"])]
+        offsets = enc["offset_mapping"]
+        labels = [tid if _inside(start, spans) else IGNORE_INDEX for tid, (start, _) in zip(ids, offsets, strict=True)]
         return ids, labels
 
     def _truncate(self, ids: list[int], labels: list[int]) -> Encoded | None:
@@ -113,7 +115,7 @@ def _tokenize_pieces(tokenizer: PreTrainedTokenizerBase, text: str, spans: list[
     cuts = sorted({0, len(text), *[p for span in spans for p in span]})
     ids: list[int] = []
     labels: list[int] = []
-    for start, end in zip(cuts, cuts[1:]):
+    for start, end in itertools.pairwise(cuts):
         piece = tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
         ids += piece
         labels += piece if _inside(start, spans) else [IGNORE_INDEX] * len(piece)

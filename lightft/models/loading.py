@@ -26,7 +26,8 @@ PACKAGE_SCHEME = "package://"
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE}
@@ -220,8 +221,10 @@ def _quantize_via_checkpoint(
 
 
 def savable(model: PreTrainedModel) -> PreTrainedModel:
-    """A model `save_pretrained` accepts: GGUF-loaded models keep a quantization config that blocks saving, so
-    their weights are copied into a fresh model of the same architecture."""
+    """A model that `save_pretrained` accepts.
+
+    GGUF-loaded models keep a quantization config that blocks saving; their weights are copied into a fresh model.
+    """
     if getattr(model.config, "quantization_config", None) is None:
         return model
     config = copy.deepcopy(model.config)

@@ -63,9 +63,8 @@ class LightFTModule(pl.LightningModule):
         self.tokenizer = load_tokenizer(self.model_spec, key=MODEL_KEY)
         self.model = self.build_model(quantize=True)
         trainable, total = count_parameters(self.model)
-        rank_zero_info(
-            f"{type(self.peft).__name__}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
-        )
+        share = 100 * trainable / total
+        rank_zero_info(f"{type(self.peft).__name__}: {trainable:,} trainable of {total:,} parameters ({share:.3f}%)")
 
     def build_model(self, quantize: bool = True) -> nn.Module:
         """A freshly loaded, PEFT-wrapped backbone (`quantize=False` loads an unquantized base, e.g. to merge)."""

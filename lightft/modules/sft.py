@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 
 from lightft.generation import GenerationSettings, generate
 from lightft.losses.sft import token_cross_entropy
+from lightft.models.attention import check_packed_attention
 from lightft.models.loading import ModelSpec
 from lightft.modules.base import LightFTModule
 from lightft.optim import OptimizerConfig, SchedulerConfig
@@ -47,6 +48,7 @@ class SFTModule(LightFTModule):
         super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
         self.generation = generation
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self._packing_checked = False
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Next-token logits (B, T, V); packed batches carry `position_ids` and no attention mask."""
@@ -59,10 +61,18 @@ class SFTModule(LightFTModule):
         )
         return output.logits
 
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Before the first packed batch, prove that this model keeps packed documents apart."""
+        if "position_ids" in batch and not self._packing_checked:
+            check_packed_attention(self.model, self.device)
+            self._packing_checked = True
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Summed token loss scaled so that the optimizer step sees sum(loss) / trained tokens in the step."""
         loss_sum, n_tokens = token_cross_entropy(self(batch), batch["labels"])
-        self.log("train/loss", loss_sum.detach() / n_tokens.clamp(min=1), prog_bar=True, batch_size=len(batch["labels"]))
+        self.log(
+            "train/loss", loss_sum.detach() / n_tokens.clamp(min=1), prog_bar=True, batch_size=len(batch["labels"])
+        )
         # Lightning divides by accumulate_grad_batches and DDP/FSDP average over ranks; undo both, divide by the step.
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / batch["step_tokens"]
         return loss_sum * scale
@@ -92,5 +102,5 @@ class SFTModule(LightFTModule):
         texts = generate(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.generation)
         return [
             {"index": int(i), "completion": text, "reference": ref}
-            for i, text, ref in zip(batch["index"], texts, batch["reference"])
+            for i, text, ref in zip(batch["index"], texts, batch["reference"], strict=True)
         ]

@@ -84,7 +84,9 @@ def check_target_modules(model: nn.Module, targets: str | Sequence[str], key: st
         return
     missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in linear)]
     if missing:
-        raise LightFTError(f"{key}: {missing} match no linear layer of {type(model).__name__}; use any of: {available}.")
+        raise LightFTError(
+            f"{key}: {missing} match no linear layer of {type(model).__name__}; use any of: {available}."
+        )
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -21,7 +21,11 @@ PROBE = torch.tensor([[1, 5, 9, 33, 70, 100, 250, 400]])
 def checkpoints(tmp_path_factory, tiny_spec):
     """One short LoRA, QLoRA and full fine-tuning run each; their last checkpoints."""
     out = {}
-    for name, peft in {"lora": LoRA(r=4, dropout=0.0), "qlora": QLoRA(r=4, dropout=0.0), "full": FullFineTune()}.items():
+    for name, peft in {
+        "lora": LoRA(r=4, dropout=0.0),
+        "qlora": QLoRA(r=4, dropout=0.0),
+        "full": FullFineTune(),
+    }.items():
         root = tmp_path_factory.mktemp(name)
         pl.seed_everything(0)
         ckpt = VerifiedCheckpoint(dirpath=root, save_last=True)
@@ -67,8 +71,19 @@ def test_export_refuses_a_non_empty_directory(tmp_path, checkpoints):
 
 def test_export_and_generate_through_the_cli(tmp_path, checkpoints, capsys):
     main(["export", "--ckpt", str(checkpoints["lora"]), "--out", str(tmp_path / "a")])
-    main(["generate", "--model", str(tmp_path / "a"), "--prompt", "Log this order: Mei wants two lattes.",
-          "--max_new_tokens", "5", "--output", str(tmp_path / "gen.jsonl")])
+    main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "a"),
+            "--prompt",
+            "Log this order: Mei wants two lattes.",
+            "--max_new_tokens",
+            "5",
+            "--output",
+            str(tmp_path / "gen.jsonl"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "exported adapter" in out and "--- completion" in out
     row = json.loads((tmp_path / "gen.jsonl").read_text())

@@ -39,7 +39,10 @@ class Rows(list):
 
 def make_rows(tokenizer, texts):
     encoder = ExampleEncoder(tokenizer, 128)
-    encoded = [encoder.encode(Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}], [1])) for q, a in texts]
+    encoded = [
+        encoder.encode(Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}], [1]))
+        for q, a in texts
+    ]
     columns = rows(encoded)
     return Rows([{k: columns[k][i] for k in columns} for i in range(len(encoded))])
 
@@ -58,8 +61,17 @@ def test_packed_documents_have_exactly_their_unpacked_losses(tokenizer, attn):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         alone.append(token_cross_entropy(logits, batch["labels"]))
     packed = TokenDataset(data, packs=[[0, 1, 2]])
-    batch = collate([packed[0], {**packed[0], "input_ids": packed[0]["input_ids"][:5], "labels": packed[0]["labels"][:5],
-                                 "position_ids": packed[0]["position_ids"][:5]}])
+    batch = collate(
+        [
+            packed[0],
+            {
+                **packed[0],
+                "input_ids": packed[0]["input_ids"][:5],
+                "labels": packed[0]["labels"][:5],
+                "position_ids": packed[0]["position_ids"][:5],
+            },
+        ]
+    )
     assert "attention_mask" not in batch
     # use_cache=False as in SFTModule.forward: transformers only detects packed rows when no KV cache is built
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[:1]
@@ -94,6 +106,34 @@ def test_collator_pads_right_with_pad_not_eos(tokenizer):
     assert batch["input_ids"].shape[1] % 8 == 0
     lengths = batch["attention_mask"].sum(1).tolist()
     assert lengths == data["length"]
-    assert (batch["input_ids"][0, lengths[0]:] == tokenizer.pad_token_id).all()
+    assert (batch["input_ids"][0, lengths[0] :] == tokenizer.pad_token_id).all()
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_packing_probe_accepts_sdpa_and_rejects_a_leaky_model(tokenizer):
+    from lightft.errors import LightFTError
+    from lightft.models.attention import check_packed_attention
+
+    model = load_model(ModelSpec("tests/assets/tiny-llama", random_init=True), tokenizer)
+    check_packed_attention(model, torch.device("cpu"))
+
+    class IgnoresPositions(torch.nn.Module):  # attends across the whole row, like an implementation ignoring resets
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, position_ids=None, use_cache=False):
+            return self.inner(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=use_cache)
+
+    with pytest.raises(LightFTError, match="packing: false"):
+        check_packed_attention(IgnoresPositions(model), torch.device("cpu"))
+
+
+def test_packed_batches_count_their_real_tokens(tokenizer):
+    from lightft.callbacks.monitor import batch_tokens
+
+    data = make_rows(tokenizer, TEXTS)
+    packed = TokenDataset(data, packs=[[0, 1], [2]])
+    batch = Collator(tokenizer.pad_token_id)([packed[0], packed[1]])
+    assert batch_tokens(batch) == sum(data["length"]) < batch["input_ids"].numel()

@@ -34,7 +34,9 @@ def test_null_field_names_the_row():
 
 def test_bad_role_names_the_message():
     with pytest.raises(LightFTError, match=r"messages\[1\] needs a role"):
-        to_example({"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}, "messages", True, "w")
+        to_example(
+            {"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}, "messages", True, "w"
+        )
 
 
 def test_column_mapping_reaches_into_records():

@@ -14,7 +14,10 @@ def plan(**kwargs):
 
 def steps_seen(batch_size, accumulate, world_size):
     """Per optimizer step: the set of items over all ranks, and the step token count each micro-batch carries."""
-    per_rank = [list(plan(batch_size=batch_size, accumulate=accumulate, world_size=world_size, rank=r)) for r in range(world_size)]
+    per_rank = [
+        list(plan(batch_size=batch_size, accumulate=accumulate, world_size=world_size, rank=r))
+        for r in range(world_size)
+    ]
     n = len(per_rank[0])
     assert all(len(batches) == n for batches in per_rank)  # no rank ever waits for another
     steps, i = [], 0
@@ -26,7 +29,9 @@ def steps_seen(batch_size, accumulate, world_size):
     return steps
 
 
-@pytest.mark.parametrize(("batch_size", "accumulate", "world_size"), [(4, 1, 1), (1, 4, 1), (2, 2, 1), (2, 1, 2), (1, 2, 2)])
+@pytest.mark.parametrize(
+    ("batch_size", "accumulate", "world_size"), [(4, 1, 1), (1, 4, 1), (2, 2, 1), (2, 1, 2), (1, 2, 2)]
+)
 def test_same_global_batch_gives_the_same_steps(batch_size, accumulate, world_size):
     reference = steps_seen(4, 1, 1)
     got = steps_seen(batch_size, accumulate, world_size)
@@ -52,7 +57,10 @@ def test_epochs_reshuffle_and_longest_step_comes_first():
 
 def test_length_grouping_reduces_padding():
     def padding(group):
-        return sum(max(LENGTHS[i] for i, _ in b) * len(b) - sum(LENGTHS[i] for i, _ in b) for b in plan(batch_size=8, group_by_length=group))
+        return sum(
+            max(LENGTHS[i] for i, _ in b) * len(b) - sum(LENGTHS[i] for i, _ in b)
+            for b in plan(batch_size=8, group_by_length=group)
+        )
 
     assert padding(True) < padding(False) / 3
 

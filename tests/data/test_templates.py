@@ -6,7 +6,8 @@ from lightft.errors import LightFTError
 
 
 def trained_text(tokenizer, encoded):
-    return tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
+    pairs = zip(encoded.input_ids, encoded.labels, strict=True)
+    return tokenizer.decode([i for i, label in pairs if label != IGNORE_INDEX])
 
 
 def test_only_assistant_turns_train_and_eos_is_trained(tokenizer):
@@ -28,7 +29,11 @@ def test_only_assistant_turns_train_and_eos_is_trained(tokenizer):
 
 def test_conversational_prompt_completion_trains_completion_only(tokenizer):
     row = {
-        "prompt": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
+        "prompt": [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"},
+        ],
         "completion": [{"role": "assistant", "content": "A2"}],
     }
     encoded = ExampleEncoder(tokenizer, 256).encode(to_example(row, "prompt_completion", True, "row 0"))
@@ -93,9 +98,15 @@ def test_template_that_rewrites_history_is_refused(tokenizer):
         def apply_chat_template(self, messages, tokenize, add_generation_prompt):
             # drops earlier assistant turns, like templates that strip reasoning from history
             kept = [m for i, m in enumerate(messages) if m["role"] != "assistant" or i == len(messages) - 1]
-            return "".join(f"<{m['role']}>{m['content']}" for m in kept) + ("<assistant>" if add_generation_prompt else "")
+            return "".join(f"<{m['role']}>{m['content']}" for m in kept) + (
+                "<assistant>" if add_generation_prompt else ""
+            )
 
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
     with pytest.raises(LightFTError, match="turn by turn"):
         conversation_spans(Rewriting(), messages + [{"role": "assistant", "content": "d"}], [1, 3])
 
@@ -105,6 +116,8 @@ def test_missing_chat_template_is_a_clear_error(tokenizer):
     tokenizer.chat_template = None
     try:
         with pytest.raises(LightFTError, match="chat_template"):
-            ExampleEncoder(tokenizer, 64).encode(Example([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], [1]))
+            ExampleEncoder(tokenizer, 64).encode(
+                Example([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], [1])
+            )
     finally:
         tokenizer.chat_template = template

@@ -17,7 +17,9 @@ def test_a_pad_token_is_added_and_embeddings_grow_when_no_spare_token_exists(tmp
 
     vocab = {"<|im_end|>": 0, "a": 1, "b": 2}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="a")), eos_token="<|im_end|>", pad_token="<|im_end|>"
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="a")),
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
     )
     fix_pad_token(tokenizer)
     assert tokenizer.pad_token == "<|pad|>" and tokenizer.pad_token_id == 3
@@ -29,7 +31,7 @@ def test_a_pad_token_is_added_and_embeddings_grow_when_no_spare_token_exists(tmp
 
 def test_random_init_is_reproducible(tiny_spec, tokenizer):
     a, b = load_model(tiny_spec, tokenizer), load_model(tiny_spec, tokenizer)
-    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
     c = load_model(ModelSpec(str(TINY), random_init=True, seed=1), tokenizer)
     assert not torch.equal(next(a.parameters()), next(c.parameters()))
 
@@ -37,7 +39,7 @@ def test_random_init_is_reproducible(tiny_spec, tokenizer):
 def test_local_checkpoint_loads_with_its_weights(tiny_weights_dir, tiny_model):
     spec = ModelSpec(str(tiny_weights_dir))
     loaded = load_model(spec, load_tokenizer(spec))
-    assert all(torch.equal(x, y) for x, y in zip(loaded.parameters(), tiny_model.parameters()))
+    assert all(torch.equal(x, y) for x, y in zip(loaded.parameters(), tiny_model.parameters(), strict=True))
 
 
 def test_dtype_follows_the_trainer_precision():
@@ -72,5 +74,7 @@ def test_named_chat_template(tiny_spec):
     from dataclasses import replace
 
     tokenizer = load_tokenizer(replace(tiny_spec, chat_template="chatml"))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"

@@ -24,8 +24,14 @@ def datamodule(spec, batch_size=4, packing=False, n=32, **kwargs):
 
 def trainer(tmp_path, **kwargs):
     defaults = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
     )
     return pl.Trainer(**{**defaults, **kwargs})
 
@@ -40,7 +46,10 @@ class GradCapture(pl.Callback):
 
 def module(spec, peft=None, lr=1e-3):
     return SFTModule(
-        spec, peft=peft or FullFineTune(), optimizer=OptimizerConfig(lr=lr), scheduler=SchedulerConfig(name="constant"),
+        spec,
+        peft=peft or FullFineTune(),
+        optimizer=OptimizerConfig(lr=lr),
+        scheduler=SchedulerConfig(name="constant"),
         gradient_checkpointing=False,
     )
 

@@ -13,7 +13,10 @@ from lightft.peft import FullFineTune, LoRA, QLoRA, count_parameters
 def batch_of(tokenizer):
     encoder = ExampleEncoder(tokenizer, 64)
     pairs = [("Log this order: two lattes at Oak Street", '{"item": "latte"}'), ("hi", "hello there")]
-    items = [encoder.encode(Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}], [1])) for q, a in pairs]
+    items = [
+        encoder.encode(Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}], [1]))
+        for q, a in pairs
+    ]
     return Collator(tokenizer.pad_token_id)([{"input_ids": e.input_ids, "labels": e.labels} for e in items])
 
 
@@ -42,7 +45,10 @@ def snapshot(model):
 STRATEGIES = {
     "full": (FullFineTune(), lambda n: True),
     "lora": (LoRA(r=4, alpha=8, dropout=0.0), lambda n: "lora_" in n),
-    "lora-targets": (LoRA(r=2, target_modules=["q_proj", "v_proj"], dropout=0.0), lambda n: "lora_" in n and ("q_proj" in n or "v_proj" in n)),
+    "lora-targets": (
+        LoRA(r=2, target_modules=["q_proj", "v_proj"], dropout=0.0),
+        lambda n: "lora_" in n and ("q_proj" in n or "v_proj" in n),
+    ),
     "rslora-dora": (LoRA(r=4, rslora=True, dora=True, dropout=0.0), lambda n: "lora_" in n),
     "qlora": (QLoRA(r=4, dropout=0.0), lambda n: "lora_" in n),
     "qlora-fp4-single": (QLoRA(quant_type="fp4", double_quant=False, r=4, dropout=0.0), lambda n: "lora_" in n),
@@ -53,7 +59,9 @@ STRATEGIES = {
 def test_strategy_trains_only_its_parameters(name, tiny_spec, tokenizer):
     strategy, should_train = STRATEGIES[name]
     quantization = strategy.quantization_config(torch.float32)
-    base = load_model(tiny_spec, tokenizer, quantization_config=quantization, device_map={"": "cpu"} if quantization else None)
+    base = load_model(
+        tiny_spec, tokenizer, quantization_config=quantization, device_map={"": "cpu"} if quantization else None
+    )
     if quantization is not None:
         assert type(base.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
     model = strategy.apply(base)
@@ -110,7 +118,9 @@ def test_lora_save_load_roundtrip(tmp_path, tiny_spec, tokenizer):
     assert state and all(v.numel() for v in state.values())
     reloaded = strategy.load(load_model(tiny_spec, tokenizer), tmp_path)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=batch["input_ids"]).logits, model(input_ids=batch["input_ids"]).logits)
+        torch.testing.assert_close(
+            reloaded(input_ids=batch["input_ids"]).logits, model(input_ids=batch["input_ids"]).logits
+        )
 
 
 def test_full_finetune_has_no_adapter_to_disable(tiny_model):
@@ -133,5 +143,7 @@ def test_qlora_config_follows_the_trainer_dtype():
 
 def test_parameter_count_counts_4bit_weights_logically(tiny_spec, tokenizer):
     plain = load_model(tiny_spec, tokenizer)
-    quantized = load_model(tiny_spec, tokenizer, quantization_config=QLoRA().quantization_config(torch.float32), device_map={"": "cpu"})
+    quantized = load_model(
+        tiny_spec, tokenizer, quantization_config=QLoRA().quantization_config(torch.float32), device_map={"": "cpu"}
+    )
     assert count_parameters(quantized)[1] == count_parameters(plain)[1]
