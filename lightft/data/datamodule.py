@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightft.data.collate import Collator, PromptCollator, TokenDataset, pack_lengths
 from lightft.data.pipeline import encode_prompts, encode_split
-from lightft.data.sampling import PlannedBatchSampler
+from lightft.data.sampling import PlannedBatchSampler, ResumableDataLoader
 from lightft.data.sources import DatasetSpec
 from lightft.data.templates import Truncation
 from lightft.errors import LightFTError
@@ -167,7 +167,8 @@ class SFTDataModule(pl.LightningDataModule):
         )
         pad = self.tokenizer.pad_token_id
         collate = PromptCollator(pad) if name == "predict" else Collator(pad)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        loader_class = ResumableDataLoader if train else DataLoader
+        return loader_class(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, planned micro-batches for this rank."""

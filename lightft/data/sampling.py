@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 
+from typing import Any
+
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 GROUP_WINDOW_STEPS = 64  # length grouping sorts within windows of this many global steps
 
@@ -49,6 +51,7 @@ class PlannedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.batch_size, self.accumulate, self.world_size, self.rank = batch_size, accumulate, world_size, rank
         self.shuffle, self.group_by_length, self.seed = shuffle, group_by_length, seed
         self.epoch = 0
+        self.start = 0  # micro-batches of this epoch already consumed (set when resuming mid-epoch)
 
     @property
     def global_batch(self) -> int:
@@ -86,10 +89,14 @@ class PlannedBatchSampler(Sampler[list[tuple[int, int]]]):
         return [parts[a * self.world_size + self.rank] for a in range(per_rank)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        skip, self.start = self.start, 0
+        served = 0
         for step in self.steps():
             step_tokens = int(self.trained[step].sum())
             for micro in self._micro_batches(step):
-                yield [(int(i), step_tokens) for i in micro]
+                served += 1
+                if served > skip:
+                    yield [(int(i), step_tokens) for i in micro]
 
     def __len__(self) -> int:
         n = len(self.lengths)
@@ -100,3 +107,30 @@ class PlannedBatchSampler(Sampler[list[tuple[int, int]]]):
             else 0
         )
         return full * self.accumulate + last
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `PlannedBatchSampler` whose place in the epoch is saved in checkpoints.
+
+    Lightning stores `state_dict()` of loaders that have one and calls `load_state_dict` when resuming; the planned
+    epoch is then replayed from the first micro-batch not yet trained on, so a resumed run sees the same batches as
+    an uninterrupted one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._served = self.batch_sampler.start
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch and number of micro-batches handed to the training loop so far."""
+        return {"epoch": self.batch_sampler.epoch, "served": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume the epoch after the micro-batches already trained on."""
+        self.batch_sampler.start = state["served"] % max(1, len(self.batch_sampler))

@@ -128,3 +128,34 @@ def test_validation_loss_is_token_weighted_over_the_whole_set(tmp_path, tiny_spe
             s, n = token_cross_entropy(sft(batch), batch["labels"])
             total, count = total + s.item(), count + n.item()
     assert results[0]["val/loss"] == pytest.approx(total / count, rel=1e-5)
+
+
+class BatchLog(pl.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, module, batch, idx):
+        self.seen.append(batch["input_ids"][:, :12].tolist())
+
+
+def test_mid_epoch_resume_replays_the_rest_of_the_epoch(tmp_path, tiny_spec):
+    """3 steps, checkpoint, resume to 10 steps (across an epoch boundary) == 10 uninterrupted steps."""
+    kwargs = dict(batch_size=2, n=16)  # 8 micro-batches per epoch, 2 per step with accumulation
+    pl.seed_everything(0)
+    straight, log = module(tiny_spec, peft=LoRA(r=4, dropout=0.0)), BatchLog()
+    trainer(tmp_path, max_steps=10, accumulate_grad_batches=2, callbacks=[log]).fit(straight, datamodule(tiny_spec, **kwargs))
+
+    pl.seed_everything(0)
+    first, first_log = module(tiny_spec, peft=LoRA(r=4, dropout=0.0)), BatchLog()
+    ckpt = VerifiedCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, max_steps=3, accumulate_grad_batches=2, callbacks=[ckpt, first_log], enable_checkpointing=True).fit(
+        first, datamodule(tiny_spec, **kwargs)
+    )
+    resumed, resumed_log = module(tiny_spec, peft=LoRA(r=4, dropout=0.0)), BatchLog()
+    trainer(tmp_path, max_steps=10, accumulate_grad_batches=2, callbacks=[resumed_log]).fit(
+        resumed, datamodule(tiny_spec, **kwargs), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+    )
+    assert first_log.seen + resumed_log.seen == log.seen
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=True):
+        if a.requires_grad:
+            torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
