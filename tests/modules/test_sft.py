@@ -143,14 +143,16 @@ def test_mid_epoch_resume_replays_the_rest_of_the_epoch(tmp_path, tiny_spec):
     kwargs = dict(batch_size=2, n=16)  # 8 micro-batches per epoch, 2 per step with accumulation
     pl.seed_everything(0)
     straight, log = module(tiny_spec, peft=LoRA(r=4, dropout=0.0)), BatchLog()
-    trainer(tmp_path, max_steps=10, accumulate_grad_batches=2, callbacks=[log]).fit(straight, datamodule(tiny_spec, **kwargs))
+    trainer(tmp_path, max_steps=10, accumulate_grad_batches=2, callbacks=[log]).fit(
+        straight, datamodule(tiny_spec, **kwargs)
+    )
 
     pl.seed_everything(0)
     first, first_log = module(tiny_spec, peft=LoRA(r=4, dropout=0.0)), BatchLog()
     ckpt = VerifiedCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    trainer(tmp_path, max_steps=3, accumulate_grad_batches=2, callbacks=[ckpt, first_log], enable_checkpointing=True).fit(
-        first, datamodule(tiny_spec, **kwargs)
-    )
+    trainer(
+        tmp_path, max_steps=3, accumulate_grad_batches=2, callbacks=[ckpt, first_log], enable_checkpointing=True
+    ).fit(first, datamodule(tiny_spec, **kwargs))
     resumed, resumed_log = module(tiny_spec, peft=LoRA(r=4, dropout=0.0)), BatchLog()
     trainer(tmp_path, max_steps=10, accumulate_grad_batches=2, callbacks=[resumed_log]).fit(
         resumed, datamodule(tiny_spec, **kwargs), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
