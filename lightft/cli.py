@@ -44,8 +44,10 @@ class RunDirectory(SaveConfigCallback):
             return
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         problem = None
-        if trainer.is_global_zero:
-            problem = _clear_run(run_dir) if self.overwrite else self._problem(run_dir)
+        if trainer.is_global_zero and not self.overwrite:
+            problem = self._problem(run_dir)
+        elif trainer.is_global_zero and not self.config.get("ckpt_path"):  # never delete what we resume from
+            _clear_run(run_dir)
         problem = trainer.strategy.broadcast(problem)
         if problem:
             raise LightFTError(problem)
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
 
             run_command(words[0], words[1:])
         else:
+            check_config_files(words)
             LightFTCLI(args=argv)
     except ArgumentError as err:
         print(f"lightft: error: {config_error(str(err))}", file=sys.stderr)
@@ -139,6 +142,22 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"lightft: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_config_files(words: list[str]) -> None:
+    """Every `--config FILE` exists and is valid YAML; errors name the file and line (jsonargparse names neither)."""
+    for flag, value in zip(words, words[1:], strict=False):
+        if flag not in ("--config", "-c"):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise LightFTError(f"--config: file '{value}' not found; give the path of a YAML config.")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark else value
+            raise LightFTError(f"{where}: invalid YAML ({getattr(err, 'problem', None) or err}); fix the file.") from err
 
 
 def _find_user_error(err: BaseException | None) -> LightFTError | None:

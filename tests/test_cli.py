@@ -207,3 +207,10 @@ def test_empty_dataset(tmp_path, capsys):
         "drop",
     )
     assert "no example is left" in line
+
+
+def test_config_file_errors_name_file_and_line(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_steps: 3\n model:\n  x: [1,\n")
+    assert fails(capsys, "fit", "--config", str(broken)).startswith(f"lightft: error: {broken}:3:2: invalid YAML")
+    assert "--config: file" in fails(capsys, "fit", "--config", str(tmp_path / "nope.yaml"))

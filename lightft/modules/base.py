@@ -134,12 +134,13 @@ def _concrete(obj: Any) -> Any:
 def plain_hparams(module: pl.LightningModule) -> dict[str, Any]:
     """Hyper-parameters as plain data with `_class_path`, re-instantiable by `lightning.pytorch.cli.instantiate_module`.
 
-    Under LightningCLI they already are (the parsed config); a module built in Python is converted here.
+    Under LightningCLI they already are (the parsed config); a module built in Python is converted here. Either way
+    `SFTModule.load_from_checkpoint(path)` works, through Lightning's allow-listed CLI instantiator.
     """
     hparams = dict(module.hparams)
-    hparams.pop("_instantiator", None)
     if "_class_path" not in hparams:
         hparams = {"_class_path": _class_path(module), **{k: _plain(v) for k, v in hparams.items()}}
+        hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
     return hparams
 
 

@@ -161,3 +161,14 @@ def test_mid_epoch_resume_replays_the_rest_of_the_epoch(tmp_path, tiny_spec):
     for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=True):
         if a.requires_grad:
             torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
+def test_lightning_load_from_checkpoint_rebuilds_the_trained_module(tmp_path, tiny_spec):
+    ckpt = VerifiedCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    sft = module(tiny_spec, peft=LoRA(r=4, dropout=0.0), lr=1e-2)
+    trainer(tmp_path, max_steps=2, callbacks=[ckpt], enable_checkpointing=True).fit(sft, datamodule(tiny_spec))
+    loaded = SFTModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert isinstance(loaded.peft, LoRA) and loaded.peft.r == 4
+    for name, param in sft.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(dict(loaded.named_parameters())[name], param)
