@@ -157,7 +157,9 @@ def check_config_files(words: list[str]) -> None:
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark else value
-            raise LightFTError(f"{where}: invalid YAML ({getattr(err, 'problem', None) or err}); fix the file.") from err
+            raise LightFTError(
+                f"{where}: invalid YAML ({getattr(err, 'problem', None) or err}); fix the file."
+            ) from err
 
 
 def _find_user_error(err: BaseException | None) -> LightFTError | None:

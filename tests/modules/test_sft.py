@@ -172,3 +172,15 @@ def test_lightning_load_from_checkpoint_rebuilds_the_trained_module(tmp_path, ti
     for name, param in sft.named_parameters():
         if param.requires_grad:
             torch.testing.assert_close(dict(loaded.named_parameters())[name], param)
+
+
+def test_val_fraction_holds_out_a_disjoint_seeded_split(tiny_spec):
+    data = datamodule(tiny_spec, n=40, val_fraction=0.25)
+    data.setup("fit")
+    train, val = data.datasets["train"], data.datasets["val"]
+    assert (len(train), len(val)) == (30, 10)
+    as_tuples = lambda ds: {tuple(ds[i]["input_ids"]) for i in range(len(ds))}  # noqa: E731
+    assert not as_tuples(train) & as_tuples(val)
+    again = datamodule(tiny_spec, n=40, val_fraction=0.25)
+    again.setup("fit")
+    assert as_tuples(again.datasets["val"]) == as_tuples(val)
