@@ -31,7 +31,8 @@ def load_trained(ckpt: str | Path, quantize: bool = True) -> LightFTModule:
     if not path.is_file():
         raise LightFTError(f"--ckpt: checkpoint '{path}' not found; runs keep them in <run dir>/checkpoints/.")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    hparams = checkpoint.get("hyper_parameters", {})
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    hparams.pop("_instantiator", None)  # Lightning's marker for load_from_checkpoint, not an init argument
     if "_class_path" not in hparams:
         raise LightFTError(f"--ckpt: '{path}' was not written by lightft (no hyper-parameters); nothing to export.")
     module = instantiate_module(LightFTModule, hparams)
