@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -83,21 +84,33 @@ def export(
         raise LightFTError(f"--out: '{target}' exists and is not empty; choose another directory or --overwrite true.")
     module = load_trained(ckpt, quantize=not merge)
     expected = _probe(module.model)
+    # write and verify beside the target, then swap: a failed export leaves whatever was at `out` untouched
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        _write(module, staging, merge, dtype, ckpt)
+        _verify(staging, expected, exact=dtype == "keep")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
+    staging.rename(target)
+    print(f"exported {'merged model' if merge else 'adapter'} to {target}")
+
+
+def _write(module: LightFTModule, directory: Path, merge: bool, dtype: str, ckpt: str) -> None:
     record = {"base": module.model_spec.to_dict(), "peft": _plain(module.peft), "merged": merge, "checkpoint": ckpt}
     if merge:
         merged = savable(module.peft.merge(module.model))
         if dtype != "keep":
             merged = merged.to(getattr(torch, dtype))
-        merged.save_pretrained(target)
+        merged.save_pretrained(directory)
     else:
-        module.peft.save(module.model, target)
-    module.tokenizer.save_pretrained(target)
-    (target / METADATA).write_text(json.dumps(record, indent=2))
-    _verify(target, expected, exact=dtype == "keep")
-    print(f"exported {'merged model' if merge else 'adapter'} to {target}")
+        module.peft.save(module.model, directory)
+    module.tokenizer.save_pretrained(directory)
+    (directory / METADATA).write_text(json.dumps(record, indent=2))
 
 
 def load_exported(directory: str | Path) -> tuple[nn.Module, Any]:

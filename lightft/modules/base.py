@@ -149,6 +149,21 @@ def _class_path(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _init_parameters(cls: type) -> list[str]:
+    """Named `__init__` parameters of `cls` and of the bases it forwards `**kwargs` to.
+
+    Objects store them as attributes of the same name, as lightft's strategies do.
+    """
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        for name, param in inspect.signature(klass.__init__).parameters.items():
+            if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) and name not in names:
+                names.append(name)
+    return names
+
+
 def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -160,6 +175,6 @@ def _plain(value: Any) -> Any:
         return _plain(asdict(value))
     if hasattr(value, "__dict__"):
         value = _concrete(value)
-        names = [n for n in inspect.signature(type(value).__init__).parameters if n != "self" and hasattr(value, n)]
+        names = [n for n in _init_parameters(type(value)) if hasattr(value, n)]
         return {"class_path": _class_path(value), "init_args": {n: _plain(getattr(value, n)) for n in names}}
     raise TypeError(f"cannot store hyper-parameter of type {type(value).__name__} in a checkpoint")

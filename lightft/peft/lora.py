@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
@@ -121,16 +121,9 @@ class QLoRA(LoRA):
         double_quant: bool = True,
         compute_dtype: DTypeName = "auto",
         quant_storage: DTypeName = "auto",
-        r: int = 8,
-        alpha: int = 16,
-        dropout: float = 0.05,
-        target_modules: str | list[str] = "all-linear",
-        rslora: bool = False,
-        dora: bool = False,
-        bias: Literal["none", "all", "lora_only"] = "none",
-        modules_to_save: list[str] | None = None,
+        **lora: Any,
     ) -> None:
-        super().__init__(r, alpha, dropout, target_modules, rslora, dora, bias, modules_to_save)
+        super().__init__(**lora)
         self.quant_type, self.double_quant = quant_type, double_quant
         self.compute_dtype, self.quant_storage = compute_dtype, quant_storage
 

@@ -184,3 +184,15 @@ def test_val_fraction_holds_out_a_disjoint_seeded_split(tiny_spec):
     again = datamodule(tiny_spec, n=40, val_fraction=0.25)
     again.setup("fit")
     assert as_tuples(again.datasets["val"]) == as_tuples(val)
+
+
+def test_python_built_modules_store_plain_hyperparameters(tiny_spec):
+    from lightft.modules.base import plain_hparams
+    from lightft.peft import QLoRA
+
+    hparams = plain_hparams(module(tiny_spec, peft=QLoRA(r=3, quant_type="fp4")))
+    assert hparams["_class_path"] == "lightft.modules.sft.SFTModule"
+    peft = hparams["peft"]
+    assert peft["class_path"] == "lightft.peft.lora.QLoRA"
+    assert peft["init_args"]["r"] == 3 and peft["init_args"]["quant_type"] == "fp4"
+    assert hparams["model"]["path"] == tiny_spec.path and hparams["optimizer"]["name"] == "adamw"
