@@ -9,11 +9,13 @@ import warnings
 # Library chatter that users cannot act on: bitsandbytes cannot fetch an optional CPU kernel from the Hub (its
 # built-in kernels are used), peft calls a transformers method renamed in v5, Lightning uses a deprecated torch
 # pytree check, Lightning advertises a cloud logger at every start and warns about the empty validation loader that
-# SFTDataModule returns on purpose when no validation data is configured.
+# SFTDataModule returns on purpose when no validation data is configured; bitsandbytes notes on every int8 matmul that
+# it computes in fp16.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
+warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")  # LLM.int8 computes in fp16
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.msg).startswith("💡 Tip")
 )

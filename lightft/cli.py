@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightft.callbacks import PredictionWriter, TrainingMonitor, VerifiedCheckpoint
+from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
 
 EXTRA_COMMANDS = ("export", "generate")
@@ -110,6 +111,12 @@ class LightFTCLI(LightningCLI):
         parser.add_argument(
             "--overwrite", type=bool, default=False, help="Replace a run directory holding another run."
         )
+
+    def after_instantiate_classes(self) -> None:
+        """Config-time compatibility checks, before data is tokenized or weights are loaded."""
+        super().after_instantiate_classes()
+        check_compatibility(self.model, self.datamodule)
+        self.model.compatibility_checked = True
 
     def before_instantiate_classes(self) -> None:
         """TensorBoard logs straight into the run directory; honour `--overwrite`."""

@@ -132,6 +132,16 @@ def load_config(spec: ModelSpec, key: str = "model.path") -> Any:
         raise _load_error(key, path, err) from err
 
 
+def meta_model(spec: ModelSpec, key: str = "model.path") -> PreTrainedModel:
+    """The model's architecture on the meta device: every module and shape, no weights, no memory.
+
+    Config-time checks (PEFT targets, compatibility) and memory estimates use it before anything is loaded.
+    """
+    config = load_config(spec, key)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+
+
 def load_tokenizer(spec: ModelSpec, key: str = "model.path") -> PreTrainedTokenizerBase:
     """Load the tokenizer and apply lightft's fix-ups (distinct pad token, chat template, right padding)."""
     path, gguf = resolve_path(spec, key)
@@ -194,9 +204,23 @@ def load_model(
             )
     except (OSError, ValueError) as err:
         raise _load_error(key, path, err) from err
+    if quantization_config is not None:
+        _keep_4bit_layout(model)
     if tokenizer is not None:
         _fit_embeddings(model, tokenizer)
     return model
+
+
+def _keep_4bit_layout(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout.
+
+    On CPUs with AVX512-BF16, a 4-bit layer used once in eval mode without gradients (a validation pass, a probe)
+    repacks its weight and from then on multiplies through a kernel that has no autograd formula and computes in
+    bfloat16: later training steps would get silently wrong gradients through every frozen layer.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _random_model(path: str, seed: int, dtype: torch.dtype, kwargs: dict[str, Any]) -> PreTrainedModel:

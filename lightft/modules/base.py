@@ -17,10 +17,11 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
 from lightft.models.loading import ModelSpec, load_model, load_tokenizer, torch_dtype
 from lightft.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, parameter_groups
-from lightft.peft.base import PEFTStrategy, count_parameters
+from lightft.peft.base import PEFTStrategy, count_parameters, state_dict_bytes
 from lightft.peft.lora import LoRA
 
 MODEL_KEY = "model.init_args.model.path"
@@ -53,8 +54,16 @@ class LightFTModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold trainable weights only; `on_load_checkpoint` checks them
         self.model: nn.Module | None = None
         self.tokenizer: Any = None
+        self.compatibility_checked = False
+        self.peft_summary: dict[str, float] = {}
 
     # ---- model construction -------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Config-time checks (before any weight loads) when the CLI has not run them already."""
+        if not self.compatibility_checked:
+            check_compatibility(self, self.trainer.datamodule if self._trainer is not None else None)
+            self.compatibility_checked = True
 
     def configure_model(self) -> None:
         """Load -> quantize -> apply PEFT -> gradient checkpointing. Runs once; later calls do nothing."""
@@ -62,9 +71,17 @@ class LightFTModule(pl.LightningModule):
             return
         self.tokenizer = load_tokenizer(self.model_spec, key=MODEL_KEY)
         self.model = self.build_model(quantize=True)
-        trainable, total = count_parameters(self.model)
-        share = 100 * trainable / total
-        rank_zero_info(f"{type(self.peft).__name__}: {trainable:,} trainable of {total:,} parameters ({share:.3f}%)")
+        self.peft_summary = peft_summary(self.peft, self.model)
+        rank_zero_info(
+            f"{type(self.peft).__name__}: {self.peft_summary['trainable_params']:,} trainable of "
+            f"{self.peft_summary['total_params']:,} parameters ({self.peft_summary['trainable_percent']:.3f}%), "
+            f"adapter {self.peft_summary['adapter_mb']:.2f} MB on disk"
+        )
+
+    def on_fit_start(self) -> None:
+        """Log the PEFT summary (trainable and total parameters, adapter size) to every logger."""
+        for logger in self.loggers:
+            logger.log_metrics({f"peft/{k}": float(v) for k, v in self.peft_summary.items()}, step=0)
 
     def build_model(self, quantize: bool = True) -> nn.Module:
         """A freshly loaded, PEFT-wrapped backbone (`quantize=False` loads an unquantized base, e.g. to merge)."""
@@ -123,6 +140,17 @@ class LightFTModule(pl.LightningModule):
                 f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model (e.g. "
                 f"{sorted(missing)[0]}); it was written by another model or PEFT strategy."
             )
+
+
+def peft_summary(peft: Any, model: nn.Module) -> dict[str, float]:
+    """Trainable and total parameters and the size of what the strategy saves (MB, safetensors)."""
+    trainable, total = count_parameters(model)
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100 * trainable / max(1, total),
+        "adapter_mb": state_dict_bytes(peft.trainable_state_dict(model)) / 1e6,
+    }
 
 
 def _concrete(obj: Any) -> Any:

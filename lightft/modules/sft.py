@@ -59,7 +59,8 @@ class SFTModule(LightFTModule):
             position_ids=batch.get("position_ids"),
             use_cache=False,
         )
-        return output.logits
+        # prompt-style strategies prepend virtual tokens: the last T positions are the input's
+        return output.logits[:, -batch["input_ids"].shape[1] :]
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Before the first packed batch, prove that this model keeps packed documents apart."""

@@ -1,15 +1,19 @@
 """The PEFT strategy protocol and the helpers every strategy shares.
 
-A strategy answers: how is the model loaded (quantization), how is it made trainable, how is the base model
-recovered (`disabled`), what does a checkpoint store, and how is the result saved, loaded back and merged.
+A strategy answers: how is the model loaded (quantization), can it wrap this model (`check`, run at config time on a
+weightless meta-device copy), how is it made trainable, how is the base model recovered (`disabled`), what does a
+checkpoint store, and how is the result saved, loaded back and merged. Three class attributes declare what the
+method is compatible with (read with defaults, so your own strategy may omit them):
+
+- `prompt_style`: adds virtual tokens to the input (incompatible with packing, whose position resets it breaks);
+- `supports_gradient_checkpointing`;
+- `mergeable`: `merge` folds the trained weights into the base (otherwise it raises).
+
 Write your own by implementing `PEFTStrategy` and naming the class by `class_path` in YAML (docs/extending.md).
 """
 
 from __future__ import annotations
 
-import re
-import sys
-from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -18,10 +22,6 @@ import torch
 from torch import Tensor, nn
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from lightft.errors import LightFTError
-
-TARGET_KEY = "model.init_args.peft.init_args.target_modules"
-
 
 @runtime_checkable
 class PEFTStrategy(Protocol):
@@ -29,6 +29,9 @@ class PEFTStrategy(Protocol):
 
     def quantization_config(self, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
         """How to quantize the base while loading it (None: load as is)."""
+
+    def check(self, model: nn.Module) -> None:
+        """Raise `LightFTError` if this strategy cannot be applied to `model` (may be on the meta device)."""
 
     def apply(self, model: PreTrainedModel) -> nn.Module:
         """Inject the trainable parts and freeze the rest; returns the model to train."""
@@ -49,44 +52,9 @@ class PEFTStrategy(Protocol):
         """Apply weights written by `save` to a freshly loaded base model."""
 
 
-def linear_types() -> tuple[type[nn.Module], ...]:
-    """Layer types that adapters can target: torch Linear, plus bitsandbytes' quantized linears once loaded."""
-    bnb = sys.modules.get("bitsandbytes")  # imported by transformers when a model is quantized
-    if bnb is None:
-        return (nn.Linear,)
-    return (nn.Linear, bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-
-
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Leaf names (e.g. `q_proj`) of every linear layer, the names `target_modules` may use."""
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, linear_types())}
-    return sorted(names)
-
-
-def check_target_modules(model: nn.Module, targets: str | Sequence[str], key: str = TARGET_KEY) -> None:
-    """Fail with the list of valid names when a target matches no linear layer of `model`.
-
-    Args:
-        model: The model the strategy will be applied to.
-        targets: `all-linear`, a regular expression matched against full module names (peft's rule for a string),
-            or a list of module names (exact or suffix match, peft's rule for a list).
-        key: Config key named in the error.
-    """
-    linear = [name for name, module in model.named_modules() if isinstance(module, linear_types())]
-    available = ", ".join(linear_module_names(model))
-    if targets == "all-linear":
-        if not linear:
-            raise LightFTError(f"{key}: 'all-linear' found no linear layer in {type(model).__name__}.")
-        return
-    if isinstance(targets, str):
-        if not any(re.fullmatch(targets, name) for name in linear):
-            raise LightFTError(f"{key}: pattern '{targets}' matches no linear layer; linear layers are: {available}.")
-        return
-    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in linear)]
-    if missing:
-        raise LightFTError(
-            f"{key}: {missing} match no linear layer of {type(model).__name__}; use any of: {available}."
-        )
+def capability(strategy: object, name: str) -> bool:
+    """A strategy's declared capability (`prompt_style` defaults to False, the others to True)."""
+    return bool(getattr(strategy, name, name != "prompt_style"))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -99,3 +67,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += n
         trainable += n if param.requires_grad else 0
     return trainable, total
+
+
+def state_dict_bytes(state: dict[str, Tensor]) -> int:
+    """Bytes of a state dict's tensors: its size as safetensors, less a header of a few kB."""
+    return sum(t.numel() * t.element_size() for t in state.values())

@@ -18,9 +18,16 @@ from lightft.errors import LightFTError
 class FullFineTune:
     """Train all parameters of the model (no quantization, no adapter)."""
 
+    prompt_style = False
+    supports_gradient_checkpointing = True
+    mergeable = True
+
     def quantization_config(self, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
         """Full fine-tuning loads the base unquantized."""
         return None
+
+    def check(self, model: nn.Module) -> None:
+        """Any model can be fully fine-tuned."""
 
     def apply(self, model: PreTrainedModel) -> nn.Module:
         """Unfreeze every parameter."""

@@ -1,35 +1,36 @@
-"""LoRA and QLoRA through `peft`: low-rank adapters on chosen linear layers, optionally over a 4-bit base.
+"""LoRA and its quantized variants through `peft`: low-rank updates of chosen linear layers.
 
-LoRA: W x + (alpha / r) * B A x, with A (r x in) and B (out x r); rsLoRA scales by alpha / sqrt(r); DoRA also learns
-a per-column magnitude. QLoRA is LoRA over NF4/FP4 weights (bitsandbytes), dequantized on the fly.
+LoRA: W x + (alpha / r) * B A x, with A (r x in) and B (out x r); rsLoRA scales by alpha / sqrt(r); DoRA (`dora`)
+also learns a per-column magnitude. QLoRA is LoRA over NF4/FP4 weights, LoRA8bit over LLM.int8 weights
+(bitsandbytes), de-quantized on the fly.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from torch import Tensor, nn
-from transformers import BitsAndBytesConfig, PreTrainedModel
+from peft import LoraConfig
+from torch import nn
+from transformers import BitsAndBytesConfig
 
 from lightft.errors import LightFTError
-from lightft.peft.base import check_target_modules
+from lightft.peft.library import PeftLibraryStrategy
+from lightft.peft.targets import resolve_targets
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-class LoRA:
+class LoRA(PeftLibraryStrategy):
     """Low-rank adapters (peft `LoraConfig`).
 
     Args:
         r: Rank of the update.
         alpha: Scale numerator (`lora_alpha`); the update is scaled by alpha / r (alpha / sqrt(r) with rslora).
         dropout: Dropout on the adapter input.
-        target_modules: `all-linear` (every linear layer but the output head), a list of module names such as
-            `[q_proj, v_proj]`, or a regular expression over full module names.
+        target_modules: `all-linear` (every linear layer but the output head), a preset (`attention`, `mlp`,
+            `attention+mlp`), a list of module names such as `[q_proj, v_proj]`, or a regular expression over full
+            module names.
         rslora: Rank-stabilised scaling alpha / sqrt(r).
         dora: Weight-decomposed LoRA (DoRA): also learn a magnitude vector per output column.
         bias: Which biases train: `none`, `all` or `lora_only`.
@@ -56,51 +57,19 @@ class LoRA:
         self.rslora, self.dora, self.bias = rslora, dora, bias
         self.modules_to_save = modules_to_save
 
-    def lora_config(self) -> LoraConfig:
-        """The equivalent `peft.LoraConfig`."""
+    def peft_config(self, model: nn.Module) -> LoraConfig:
+        """The equivalent `peft.LoraConfig`, targets resolved against `model`."""
         return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=self.target_modules,
+            target_modules=resolve_targets(model, self.target_modules),
             use_rslora=self.rslora,
             use_dora=self.dora,
             bias=self.bias,
             modules_to_save=self.modules_to_save,
             task_type="CAUSAL_LM",
         )
-
-    def quantization_config(self, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
-        """Plain LoRA keeps the base in its load dtype."""
-        return None
-
-    def apply(self, model: PreTrainedModel) -> nn.Module:
-        """Freeze the base and inject adapters into the target modules."""
-        check_target_modules(model, self.target_modules)
-        try:
-            return get_peft_model(model, self.lora_config())
-        except ValueError as err:
-            raise LightFTError(f"model.init_args.peft: peft rejected the LoRA config: {err}") from err
-
-    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
-        """Base-model forward: peft skips every adapter inside this context."""
-        return model.disable_adapter()  # type: ignore[operator]
-
-    def trainable_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
-        """Adapter weights as peft saves them (`adapter_model.safetensors` keys)."""
-        return get_peft_model_state_dict(model)  # type: ignore[arg-type]
-
-    def merge(self, model: nn.Module) -> PreTrainedModel:
-        """W <- W + scale * B A in every adapted layer, adapters removed."""
-        return model.merge_and_unload()  # type: ignore[operator]
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        """A peft adapter directory (`adapter_config.json` + `adapter_model.safetensors`)."""
-        model.save_pretrained(directory)  # type: ignore[operator]
-
-    def load(self, model: PreTrainedModel, directory: Path) -> nn.Module:
-        """Attach a saved adapter to a freshly loaded base."""
-        return PeftModel.from_pretrained(model, directory)
 
 
 class QLoRA(LoRA):
@@ -138,3 +107,20 @@ class QLoRA(LoRA):
             bnb_4bit_compute_dtype=compute,
             bnb_4bit_quant_storage=storage,
         )
+
+
+class LoRA8bit(LoRA):
+    """LoRA over an 8-bit quantized base (bitsandbytes LLM.int8, Dettmers et al. 2022).
+
+    Args:
+        threshold: Outlier threshold of LLM.int8: input features above it stay in 16-bit (6.0 in the paper).
+        **lora: The LoRA arguments (r, alpha, dropout, target_modules, rslora, dora, bias, modules_to_save).
+    """
+
+    def __init__(self, threshold: float = 6.0, **lora: Any) -> None:
+        super().__init__(**lora)
+        self.threshold = threshold
+
+    def quantization_config(self, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
+        """8-bit bitsandbytes config."""
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.threshold)

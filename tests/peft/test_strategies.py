@@ -147,3 +147,27 @@ def test_parameter_count_counts_4bit_weights_logically(tiny_spec, tokenizer):
         tiny_spec, tokenizer, quantization_config=QLoRA().quantization_config(torch.float32), device_map={"": "cpu"}
     )
     assert count_parameters(quantized)[1] == count_parameters(plain)[1]
+
+
+def test_qlora_gradients_are_unchanged_by_an_eval_pass(tiny_spec, tokenizer):
+    """bitsandbytes repacks 4-bit weights after an eval-mode, no-grad forward (a validation pass) into a CPU layout
+    whose kernel has no backward; lightft keeps the trainable layout, so the next gradients are the same."""
+    batch = batch_of(tokenizer)
+    grads = []
+    for eval_first in (False, True):
+        torch.manual_seed(0)
+        strategy = QLoRA(r=4, dropout=0.0)
+        base = load_model(tiny_spec, tokenizer, quantization_config=strategy.quantization_config(torch.float32),
+                          device_map={"": "cpu"})  # fmt: skip
+        model = strategy.apply(base)
+        if eval_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        model.train()
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        mean_token_loss(out, batch["labels"]).backward()
+        # layer 0's LoRA B gradient flows back through every frozen 4-bit layer above it
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if "layers.0" in n and p.grad is not None})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)

@@ -1,0 +1,129 @@
+"""Every PEFT strategy on the tiny Llama: trains only its own parameters, leaves the base bit-identical,
+`disabled()` is the base model, save -> load reproduces the logits, merge equals unmerged where it is defined."""
+
+import pytest
+import torch
+
+from lightft.errors import LightFTError
+from lightft.losses.sft import mean_token_loss
+from lightft.models.loading import load_model
+from lightft.peft import (
+    IA3,
+    BottleneckAdapter,
+    FullFineTune,
+    LoRA,
+    LoRA8bit,
+    PrefixTuning,
+    PromptTuning,
+    PTuning,
+    QLoRA,
+)
+from tests.peft.test_strategies import batch_of, flat
+
+STRATEGIES = {
+    "full": (FullFineTune(), lambda n: True),
+    "lora": (LoRA(r=4, dropout=0.0), lambda n: "lora_" in n),
+    "dora": (LoRA(r=4, dora=True, dropout=0.0), lambda n: "lora_" in n),
+    "qlora": (QLoRA(r=4, dropout=0.0), lambda n: "lora_" in n),
+    "qlora-dora": (QLoRA(r=4, dora=True, dropout=0.0), lambda n: "lora_" in n),
+    "lora8bit": (LoRA8bit(r=4, dropout=0.0), lambda n: "lora_" in n),
+    "ia3": (IA3(), lambda n: "ia3_l" in n),
+    "prompt": (PromptTuning(num_virtual_tokens=4), lambda n: "prompt_encoder" in n),
+    "ptuning": (PTuning(num_virtual_tokens=4, encoder_hidden_size=16), lambda n: "prompt_encoder" in n),
+    "prefix": (PrefixTuning(num_virtual_tokens=4), lambda n: "prompt_encoder" in n),
+    "bottleneck": (BottleneckAdapter(size=8), lambda n: ".adapter." in n),
+}
+
+
+def base_for(strategy, spec, tokenizer, quantize=True):
+    quantization = strategy.quantization_config(torch.float32) if quantize else None
+    return load_model(
+        spec, tokenizer, quantization_config=quantization, device_map={"": "cpu"} if quantization else None
+    )
+
+
+def logits(model, batch):
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return out[:, -batch["input_ids"].shape[1] :]  # drop virtual-token positions
+
+
+def train(model, batch, steps=12, lr=1e-2):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        loss = mean_token_loss(out[:, -batch["input_ids"].shape[1] :], batch["labels"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_spec, tokenizer, tmp_path_factory):
+    """Each strategy trained for a few steps on one batch: (model, base logits, saved dir, snapshot, losses)."""
+    batch = batch_of(tokenizer)
+    out = {}
+    for name, (strategy, _) in STRATEGIES.items():
+        torch.manual_seed(0)
+        base = base_for(strategy, tiny_spec, tokenizer)
+        reference = logits(base, batch)
+        model = strategy.apply(base)
+        logits(model, batch)  # bitsandbytes repacks 4-bit weights for its CPU kernel when first used through peft
+        before = {n: flat(p).clone() for n, p in model.named_parameters()}
+        losses = train(model, batch, lr=0.3 if name in ("ia3", "prompt", "ptuning", "prefix") else 1e-2)
+        directory = tmp_path_factory.mktemp(name)
+        strategy.save(model, directory)
+        out[name] = (model, reference, directory, before, losses)
+    return out
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_only_the_strategys_parameters_train(name, trained):
+    model, _, _, before, losses = trained[name]
+    own = STRATEGIES[name][1]
+    # soft prompts can only steer a random tiny model a little; weight-based methods fit the batch much faster
+    assert losses[-1] < (losses[0] - 0.02 if name in ("prompt", "ptuning") else 0.97 * losses[0]), losses
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(own(n) for n in trainable)
+    for n, p in model.named_parameters():
+        changed = not torch.equal(flat(p), before[n])
+        assert changed == (n in trainable), f"{n}: changed={changed}, trainable={n in trainable}"
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES if n != "full"])
+def test_disabled_is_the_base_model(name, trained, tokenizer):
+    model, reference, _, _, _ = trained[name]
+    batch = batch_of(tokenizer)
+    with STRATEGIES[name][0].disabled(model):
+        torch.testing.assert_close(logits(model, batch), reference)
+    assert not torch.allclose(logits(model, batch), reference)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_save_then_load_gives_identical_logits(name, trained, tiny_spec, tokenizer):
+    model, _, directory, _, _ = trained[name]
+    strategy = STRATEGIES[name][0]
+    assert any(f.stat().st_size > 0 for f in directory.glob("*.safetensors"))
+    reloaded = strategy.load(base_for(strategy, tiny_spec, tokenizer), directory)
+    batch = batch_of(tokenizer)
+    torch.testing.assert_close(logits(reloaded, batch), logits(model, batch))
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_merge_equals_unmerged_or_is_refused(name, trained, tiny_spec, tokenizer):
+    _, _, directory, _, _ = trained[name]
+    strategy = STRATEGIES[name][0]
+    # merging happens over an unquantized base (what `lightft export --merge` does for QLoRA / 8-bit LoRA)
+    unmerged = strategy.load(base_for(strategy, tiny_spec, tokenizer, quantize=False), directory)
+    batch = batch_of(tokenizer)
+    expected = logits(unmerged, batch)
+    if not getattr(strategy, "mergeable", True):
+        with pytest.raises(LightFTError, match="cannot be merged"):
+            strategy.merge(unmerged)
+        return
+    merged = strategy.merge(unmerged)
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    torch.testing.assert_close(logits(merged, batch), expected, rtol=1e-4, atol=1e-4)
