@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +64,17 @@ class AdaptedBlock(nn.Module):
         if isinstance(output, tuple):
             return (output[0] + self.adapter(x), *output[1:])
         return output + self.adapter(x)
+
+
+@contextmanager
+def _bypassed(blocks: list[AdaptedBlock]) -> Iterator[None]:
+    for block in blocks:
+        block.active = False
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.active = True
 
 
 class BottleneckAdapter:
@@ -128,17 +139,9 @@ class BottleneckAdapter:
             setattr(layer, name, AdaptedBlock(getattr(layer, name), adapter.to(model.device)))
         return model
 
-    @contextmanager
-    def disabled(self, model: nn.Module) -> Iterator[None]:
+    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
         """Base-model forward: every adapter is bypassed inside this context."""
-        wrapped = [m for m in model.modules() if isinstance(m, AdaptedBlock)]
-        for block in wrapped:
-            block.active = False
-        try:
-            yield
-        finally:
-            for block in wrapped:
-                block.active = True
+        return _bypassed([m for m in model.modules() if isinstance(m, AdaptedBlock)])
 
     def trainable_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
         """The adapters' weights, keyed by their place in the model."""
