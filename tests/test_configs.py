@@ -16,6 +16,16 @@ def test_there_are_recipes():
     assert {"quickstart.yaml", "tiny.yaml", "smollm2_lora.yaml", "smollm2_qlora.yaml", "smollm2_full.yaml"} <= names
 
 
+def test_every_peft_strategy_has_a_recipe():
+    import lightft.peft
+
+    texts = [(ROOT / p).read_text() for p in CONFIGS if p.parts[1] == "sft"]
+    strategies = [n for n in lightft.peft.__all__ if n[0].isupper() and n != "PEFTStrategy"]
+    for name in strategies:
+        assert any(f"class_path: lightft.peft.{name}\n" in t for t in texts), f"no configs/sft recipe uses {name}"
+    assert any("dora: true" in t for t in texts)
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=str)
 def test_config_parses_and_instantiates(path, monkeypatch):
     monkeypatch.chdir(ROOT)

@@ -70,5 +70,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def state_dict_bytes(state: dict[str, Tensor]) -> int:
-    """Bytes of a state dict's tensors: its size as safetensors, less a header of a few kB."""
-    return sum(t.numel() * t.element_size() for t in state.values())
+    """Bytes of a state dict's tensors as safetensors stores them (tied weights once), less a header of a few kB."""
+    unique = {(t.data_ptr(), tuple(t.shape), t.dtype): t for t in state.values()}
+    return sum(t.numel() * t.element_size() for t in unique.values())

@@ -1,0 +1,73 @@
+"""A user's own extensions, named by class_path from the CLI in tests (as they would be from a user's package)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import BitsAndBytesConfig, PreTrainedModel
+
+from lightft import SFTModule
+from lightft.errors import LightFTError
+from lightft.losses import token_cross_entropy
+
+
+class ZLossSFT(SFTModule):
+    """SFT plus PaLM's z-loss, 1e-4 * log(Z)^2 per trained token: a subclass overriding one method."""
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self(batch)
+        loss_sum, _ = token_cross_entropy(logits, batch["labels"])
+        trained = batch["labels"][:, 1:] != -100
+        z_sum = torch.logsumexp(logits[:, :-1][trained].float(), dim=-1).pow(2).sum()
+        self.log("train/z_loss", z_sum.detach() / trained.sum().clamp(min=1))
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / batch["step_tokens"]
+        return (loss_sum + 1e-4 * z_sum) * scale
+
+
+class TrainLastLayers:
+    """A user's PEFT strategy: train only the last `layers` decoder layers (and nothing else)."""
+
+    prompt_style = False
+    supports_gradient_checkpointing = True
+    mergeable = True
+
+    def __init__(self, layers: int = 1) -> None:
+        self.layers = layers
+
+    def quantization_config(self, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
+        return None
+
+    def _names(self, model: nn.Module) -> list[str]:
+        decoder = model.model.layers
+        return [f"model.layers.{i}." for i in range(len(decoder) - self.layers, len(decoder))]
+
+    def check(self, model: nn.Module) -> None:
+        if len(model.model.layers) < self.layers:
+            raise LightFTError(f"model.init_args.peft.init_args.layers: the model has only {len(model.model.layers)}.")
+
+    def apply(self, model: PreTrainedModel) -> nn.Module:
+        prefixes = self._names(model)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(tuple(prefixes)))
+        return model
+
+    def disabled(self, model: nn.Module) -> AbstractContextManager[None]:
+        raise LightFTError("TrainLastLayers changes base weights; there is nothing to disable.")
+
+    def trainable_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def merge(self, model: nn.Module) -> PreTrainedModel:
+        return model  # type: ignore[return-value]
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        weights = {k: v.contiguous() for k, v in self.trainable_state_dict(model).items()}
+        save_file(weights, Path(directory) / "layers.safetensors")
+
+    def load(self, model: PreTrainedModel, directory: Path) -> nn.Module:
+        model.load_state_dict(load_file(Path(directory) / "layers.safetensors"), strict=False)
+        return self.apply(model)
