@@ -21,11 +21,28 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 )
 
 from lightft.data.datamodule import SFTDataModule  # noqa: E402
+from lightft.data.preference_datamodule import PreferenceDataModule  # noqa: E402
+from lightft.data.prompt_datamodule import PromptDataModule  # noqa: E402
 from lightft.errors import LightFTError  # noqa: E402
 from lightft.models.loading import ModelSpec  # noqa: E402
 from lightft.modules.base import LightFTModule  # noqa: E402
+from lightft.modules.dpo import DPOModule  # noqa: E402
+from lightft.modules.ppo import PPOModule  # noqa: E402
+from lightft.modules.reward import RewardModelModule  # noqa: E402
 from lightft.modules.sft import SFTModule  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["LightFTError", "LightFTModule", "ModelSpec", "SFTDataModule", "SFTModule", "__version__"]
+__all__ = [
+    "DPOModule",
+    "LightFTError",
+    "LightFTModule",
+    "ModelSpec",
+    "PPOModule",
+    "PreferenceDataModule",
+    "PromptDataModule",
+    "RewardModelModule",
+    "SFTDataModule",
+    "SFTModule",
+    "__version__",
+]

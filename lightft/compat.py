@@ -18,6 +18,9 @@ def check_compatibility(module: Any, datamodule: Any = None) -> None:
     """Raise `LightFTError` for a method x PEFT x data x checkpointing combination that cannot train."""
     peft = module.peft
     name = type(peft).__name__
+    check_data = getattr(module, "check_datamodule", None)
+    if check_data is not None:
+        check_data(datamodule)
     if getattr(datamodule, "packing", False) and capability(peft, "prompt_style"):
         raise LightFTError(
             f"data.init_args.packing: {name} prepends virtual tokens, which packed rows (positions restarting per "
@@ -30,4 +33,5 @@ def check_compatibility(module: Any, datamodule: Any = None) -> None:
         )
     check = getattr(peft, "check", None)
     if check is not None:
-        check(meta_model(module.model_spec, key="model.init_args.model.path"))
+        head = getattr(module, "model_head", "causal_lm")
+        check(meta_model(module.model_spec, key="model.init_args.model.path", head=head))

@@ -2,7 +2,8 @@
 
 Without `--merge`: the PEFT strategy's own format (for LoRA/QLoRA a peft adapter directory that
 `peft.PeftModel.from_pretrained` loads). With `--merge`: a merged safetensors model that
-`AutoModelForCausalLM.from_pretrained` loads (QLoRA merges into an unquantized base). Both get the tokenizer and a
+`AutoModelForCausalLM.from_pretrained` loads (QLoRA merges into an unquantized base); reward models export as
+`AutoModelForSequenceClassification` models, their scalar head saved with the adapter. Both get the tokenizer and a
 `lightft.json` naming the base, and are reloaded and compared on a probe input before the command succeeds.
 """
 
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import instantiate_module
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lightft.errors import LightFTError
@@ -24,6 +26,7 @@ from lightft.models.loading import ModelSpec, load_model, load_tokenizer, savabl
 from lightft.modules.base import LightFTModule, _plain
 
 METADATA = "lightft.json"
+HEAD_FILE = "score.safetensors"  # a reward head the PEFT strategy's own format does not hold
 
 
 def load_trained(ckpt: str | Path, quantize: bool = True) -> LightFTModule:
@@ -101,7 +104,13 @@ def export(
 
 
 def _write(module: LightFTModule, directory: Path, merge: bool, dtype: str, ckpt: str) -> None:
-    record = {"base": module.model_spec.to_dict(), "peft": _plain(module.peft), "merged": merge, "checkpoint": ckpt}
+    record = {
+        "base": module.model_spec.to_dict(),
+        "peft": _plain(module.peft),
+        "head": module.model_head,
+        "merged": merge,
+        "checkpoint": ckpt,
+    }
     if merge:
         merged = savable(module.peft.merge(module.model))
         if dtype != "keep":
@@ -109,6 +118,11 @@ def _write(module: LightFTModule, directory: Path, merge: bool, dtype: str, ckpt
         merged.save_pretrained(directory)
     else:
         module.peft.save(module.model, directory)
+        if module.model_head == "reward" and not any(
+            "score" in k for k in module.peft.trainable_state_dict(module.model)
+        ):
+            head = {k: v.contiguous() for k, v in module.model.named_parameters() if k.split(".")[-2] == "score"}
+            save_file({k.rsplit(".", 1)[-1]: v for k, v in head.items()}, directory / HEAD_FILE)
     module.tokenizer.save_pretrained(directory)
     (directory / METADATA).write_text(json.dumps(record, indent=2))
 
@@ -118,13 +132,18 @@ def load_exported(directory: str | Path) -> tuple[nn.Module, Any]:
     directory = Path(directory)
     record = json.loads((directory / METADATA).read_text())
     tokenizer = load_tokenizer(ModelSpec(str(directory)), key="--model")
+    head = record.get("head", "causal_lm")
     if record["merged"]:
-        return load_model(ModelSpec(str(directory)), tokenizer, key="--model").eval(), tokenizer
+        return load_model(ModelSpec(str(directory)), tokenizer, key="--model", head=head).eval(), tokenizer
     strategy = strategy_from(record["peft"])
     spec = ModelSpec(**record["base"])
     quantization = strategy.quantization_config(torch.float32)
     device_map = {"": "cpu"} if quantization is not None else None
-    base = load_model(spec, tokenizer, quantization_config=quantization, device_map=device_map, key="base model")
+    base = load_model(
+        spec, tokenizer, quantization_config=quantization, device_map=device_map, key="base model", head=head
+    )
+    if (directory / HEAD_FILE).is_file():
+        base.score.load_state_dict(load_file(directory / HEAD_FILE))
     return strategy.load(base, directory).eval(), tokenizer
 
 

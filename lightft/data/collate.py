@@ -139,3 +139,91 @@ class PromptCollator:
             "index": torch.tensor([item["index"] for item in items]),
             "reference": [item.get("reference", "") for item in items],
         }
+
+
+class ExampleDataset(Dataset):
+    """Encoded preference rows, one item per pair (or per unpaired example) with its row index.
+
+    The batch planner normalises by items, not tokens (`trained` is 1 per item): preference losses are means over
+    pairs, so the step's normaliser is its number of pairs.
+    """
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+        self.lengths = list(rows["length"])
+        self.trained = [1] * len(self.lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, step_items = key if isinstance(key, tuple) else (key, None)
+        item = {**self.rows[index], "index": index}
+        if step_items is not None:
+            item["step_items"] = step_items
+        return item
+
+
+def _pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `labels` and `attention_mask` of (ids, labels) rows."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(row_labels)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def _common(items: list[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    batch["index"] = torch.tensor([item["index"] for item in items])
+    if "step_items" in items[0]:
+        batch["step_items"] = torch.tensor(float(items[0]["step_items"]))
+    return batch
+
+
+class PairCollator:
+    """B preference pairs -> one batch of 2B rows, chosen first (rows 0..B-1) then rejected, for one forward pass."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Tensors of one batch, plus the pairs' row `index` (for precomputed reference log-probs)."""
+        rows = [(item["chosen_ids"], item["chosen_labels"]) for item in items]
+        rows += [(item["rejected_ids"], item["rejected_labels"]) for item in items]
+        batch = _pad_rows(rows, self.pad_id)
+        if "margin" in items[0]:
+            batch["margin"] = torch.tensor([float(item["margin"]) for item in items])
+        return _common(items, batch)
+
+
+def split_completion(ids: list[int], labels: list[int]) -> int:
+    """Index of the first trained token: where the prompt ends and the completion starts."""
+    return next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+
+
+class UnpairedCollator:
+    """B unpaired (KTO) examples -> 2B rows: the examples, then B mismatched prompt/completion rows.
+
+    Row B + i is prompt i followed by completion i + 1 (mod B): KTO's estimate of KL(policy || reference) on
+    completions unrelated to their prompt (Ethayarajh et al. 2024). With B = 1 the row is the example itself.
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Tensors of one batch, plus `desirable` (B,) and the rows' `index`."""
+        rows = [(item["input_ids"], item["labels"]) for item in items]
+        cuts = [split_completion(ids, labels) for ids, labels in rows]
+        n = len(items)
+        for i in range(n):
+            j = (i + 1) % n
+            prompt, completion = rows[i][0][: cuts[i]], slice(cuts[j], None)
+            rows.append((prompt + rows[j][0][completion], [IGNORE_INDEX] * cuts[i] + rows[j][1][completion]))
+        batch = _pad_rows(rows, self.pad_id)
+        batch["desirable"] = torch.tensor([item["desirable"] for item in items])
+        return _common(items, batch)

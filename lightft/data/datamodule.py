@@ -41,7 +41,142 @@ class PromptDataset(Dataset):
         return {**self.rows[index], "index": index}
 
 
-class SFTDataModule(pl.LightningDataModule):
+class TokenDataModule(pl.LightningDataModule):
+    """What lightft's data modules share: splits, the linked tokenizer, caching, the batch planner, resumable loaders.
+
+    A subclass says how a split is encoded (`encode`), what dataset and collator it becomes (`make_dataset`,
+    `collator`), and which splits it has.
+    """
+
+    def __init__(
+        self,
+        specs: dict[str, DatasetSpec | str | None],
+        val_fraction: float,
+        tokenizer: ModelSpec | None,
+        max_length: int,
+        batch_size: int,
+        group_by_length: bool,
+        num_workers: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise LightFTError(f"{KEY}.val_fraction: must be in [0, 1), got {val_fraction}.")
+        if specs.get("val") is not None and val_fraction:
+            raise LightFTError(f"{KEY}.val: give either a validation file or val_fraction, not both.")
+        if batch_size < 1 or max_length < 2:
+            raise LightFTError(f"{KEY}: batch_size must be >= 1 and max_length >= 2.")
+        self.specs = {name: DatasetSpec(spec) if isinstance(spec, str) else spec for name, spec in specs.items()}
+        self.val_fraction, self.tokenizer_spec = val_fraction, tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+        self.group_by_length, self.num_workers, self.seed = group_by_length, num_workers, seed
+        self.packing = False
+        self._tokenizer: Any = None
+        self.datasets: dict[str, Dataset] = {}
+
+    def encode(self, name: str, report: bool = True) -> Any:
+        """The encoded rows of split `name` (cached by `datasets`)."""
+        raise NotImplementedError
+
+    def make_dataset(self, rows: Any) -> Dataset:
+        """The dataset that the batch planner samples from."""
+        raise NotImplementedError
+
+    def collator(self, name: str) -> Any:
+        """The collate function of split `name`."""
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, with lightft's fix-ups."""
+        if self._tokenizer is None:
+            if self.tokenizer_spec is None:
+                raise LightFTError(f"{KEY}.tokenizer: not set; name the model (model.init_args.model) or set it.")
+            # the spec is linked from the model's, so errors name the key the user wrote
+            self._tokenizer = load_tokenizer(self.tokenizer_spec, key="model.init_args.model.path")
+        return self._tokenizer
+
+    def prepare_data(self) -> None:
+        """Tokenize every configured split once per node (fills the `datasets` cache)."""
+        for name, spec in self.specs.items():
+            if spec is not None:
+                self.encode(name, report=False)
+
+    def setup(self, stage: str) -> None:
+        """Build the datasets the stage needs from the cache."""
+        self._check_trainer()
+        for name in STAGE_SPLITS[stage]:
+            if name in self.datasets:
+                continue
+            if name == "val" and self.specs.get("val") is None and self.val_fraction:
+                self._split_train()
+            elif self.specs.get(name) is not None:
+                self.datasets[name] = self.make_dataset(self.encode(name))
+            elif name != "val":
+                raise LightFTError(f"{KEY}.{name}: `{stage}` needs {name} data; set data.init_args.{name}.")
+
+    def _split_train(self) -> None:
+        parts = self.encode("train").train_test_split(test_size=self.val_fraction, seed=self.seed)
+        self.datasets["train"], self.datasets["val"] = (
+            self.make_dataset(parts["train"]),
+            self.make_dataset(parts["test"]),
+        )
+
+    def _check_trainer(self) -> None:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise LightFTError(
+                "trainer.use_distributed_sampler: must be false; lightft's batch planner splits data across ranks."
+            )
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        if name not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(name, name))
+        dataset: Any = self.datasets[name]
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = PlannedBatchSampler(
+            dataset.lengths,
+            getattr(dataset, "trained", dataset.lengths),
+            self.batch_size,
+            accumulate=trainer.accumulate_grad_batches if trainer and train else 1,
+            world_size=world,
+            rank=rank,
+            shuffle=train,
+            group_by_length=self.group_by_length or not train,
+            seed=self.seed,
+        )
+        loader_class = ResumableDataLoader if train else DataLoader
+        return loader_class(
+            dataset, batch_sampler=sampler, collate_fn=self.collator(name), num_workers=self.num_workers
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, planned micro-batches for this rank."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches (length-sorted); empty when no validation data is configured."""
+        return self._loader("val") if self.specs.get("val") is not None or self.val_fraction else []
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (length-sorted)."""
+        return self._loader("test")
+
+    def ordered_dataloader(self, name: str, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Every item of split `name` once, this rank's share (items rank, rank + world, ...), sorted by length.
+
+        For one pass over the data outside training, e.g. computing DPO's reference log-probs once.
+        """
+        if name not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(name, name))
+        dataset: Any = self.datasets[name]
+        mine = sorted(range(rank, len(dataset), world_size), key=lambda i: -dataset.lengths[i])
+        batches = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator(name), num_workers=self.num_workers)
+
+
+class SFTDataModule(TokenDataModule):
     """Supervised fine-tuning data.
 
     Args:
@@ -76,53 +211,12 @@ class SFTDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
     ) -> None:
-        super().__init__()
-        if not 0.0 <= val_fraction < 1.0:
-            raise LightFTError(f"{KEY}.val_fraction: must be in [0, 1), got {val_fraction}.")
-        if val is not None and val_fraction:
-            raise LightFTError(f"{KEY}.val: give either a validation file or val_fraction, not both.")
-        if batch_size < 1 or max_length < 2:
-            raise LightFTError(f"{KEY}: batch_size must be >= 1 and max_length >= 2.")
-        self.specs = {
-            name: DatasetSpec(spec) if isinstance(spec, str) else spec
-            for name, spec in {"train": train, "val": val, "test": test, "predict": predict}.items()
-        }
-        self.val_fraction, self.tokenizer_spec = val_fraction, tokenizer
-        self.max_length, self.truncation, self.batch_size = max_length, truncation, batch_size
-        self.packing, self.group_by_length, self.num_workers, self.seed = packing, group_by_length, num_workers, seed
-        self._tokenizer: Any = None
-        self.datasets: dict[str, Dataset] = {}
+        specs = {"train": train, "val": val, "test": test, "predict": predict}
+        super().__init__(specs, val_fraction, tokenizer, max_length, batch_size, group_by_length, num_workers, seed)
+        self.truncation, self.packing = truncation, packing
 
-    @property
-    def tokenizer(self) -> Any:
-        """The model's tokenizer, with lightft's fix-ups."""
-        if self._tokenizer is None:
-            if self.tokenizer_spec is None:
-                raise LightFTError(f"{KEY}.tokenizer: not set; name the model (model.init_args.model) or set it.")
-            # the spec is linked from the model's, so errors name the key the user wrote
-            self._tokenizer = load_tokenizer(self.tokenizer_spec, key="model.init_args.model.path")
-        return self._tokenizer
-
-    def prepare_data(self) -> None:
-        """Tokenize every configured split once per node (fills the `datasets` cache)."""
-        for name in ("train", "val", "test", "predict"):
-            if self.specs[name] is not None:
-                self._encode(name, report=False)
-
-    def setup(self, stage: str) -> None:
-        """Build the datasets the stage needs from the cache."""
-        self._check_trainer()
-        for name in STAGE_SPLITS[stage]:
-            if name in self.datasets:
-                continue
-            if name == "val" and self.specs["val"] is None and self.val_fraction:
-                self._split_train()
-            elif self.specs[name] is not None:
-                self.datasets[name] = self._dataset(self._encode(name))
-            elif name != "val":
-                raise LightFTError(f"{KEY}.{name}: `{stage}` needs {name} data; set data.init_args.{name}.")
-
-    def _encode(self, name: str, report: bool = True) -> Any:
+    def encode(self, name: str, report: bool = True) -> Any:
+        """Token ids and labels (prompts for `predict`) of split `name`."""
         key = f"{KEY}.{name}"
         if name == "predict":
             return encode_prompts(self.specs[name], key, self.tokenizer, self.max_length)
@@ -131,56 +225,17 @@ class SFTDataModule(pl.LightningDataModule):
             rank_zero_info(stats.summary(f"{name} ({self.specs[name].path})"))
         return encoded
 
-    def _split_train(self) -> None:
-        parts = self._encode("train").train_test_split(test_size=self.val_fraction, seed=self.seed)
-        self.datasets["train"], self.datasets["val"] = self._dataset(parts["train"]), self._dataset(parts["test"])
-
-    def _dataset(self, rows: Any) -> Dataset:
+    def make_dataset(self, rows: Any) -> Dataset:
+        """Examples, packs of examples, or generation prompts."""
         if "prompt_ids" in rows.column_names:
             return PromptDataset(rows)
         packs = pack_lengths(rows["length"], self.max_length) if self.packing else None
         return TokenDataset(rows, packs)
 
-    def _check_trainer(self) -> None:
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
-            raise LightFTError(
-                "trainer.use_distributed_sampler: must be false; lightft's batch planner splits data across ranks."
-            )
-
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
-        if name not in self.datasets:
-            self.setup({"train": "fit", "val": "validate"}.get(name, name))
-        dataset: Any = self.datasets[name]
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        sampler = PlannedBatchSampler(
-            dataset.lengths,
-            getattr(dataset, "trained", dataset.lengths),
-            self.batch_size,
-            accumulate=trainer.accumulate_grad_batches if trainer and train else 1,
-            world_size=world,
-            rank=rank,
-            shuffle=train,
-            group_by_length=self.group_by_length or not train,
-            seed=self.seed,
-        )
+    def collator(self, name: str) -> Any:
+        """Right padding (packed rows: position ids), left-padded prompts for `predict`."""
         pad = self.tokenizer.pad_token_id
-        collate = PromptCollator(pad) if name == "predict" else Collator(pad)
-        loader_class = ResumableDataLoader if train else DataLoader
-        return loader_class(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, planned micro-batches for this rank."""
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation batches (length-sorted); empty when no validation data is configured."""
-        return self._loader("val") if self.specs["val"] is not None or self.val_fraction else []
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches (length-sorted)."""
-        return self._loader("test")
+        return PromptCollator(pad) if name == "predict" else Collator(pad)
 
     def predict_dataloader(self) -> DataLoader:
         """Left-padded prompt batches."""

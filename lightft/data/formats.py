@@ -1,8 +1,10 @@
 """Dataset formats (TRL's field names) -> one normalised `Example`.
 
-Formats: conversational `messages`; `prompt`/`completion` (plain strings or lists of messages); alpaca
-`instruction`/`input`/`output`; plain `text`. A column mapping renames a dataset's own fields (dotted paths reach
-into nested records, e.g. `{prompt: question, completion: answer.value}`).
+SFT formats: conversational `messages`; `prompt`/`completion` (plain strings or lists of messages); alpaca
+`instruction`/`input`/`output`; plain `text`. Preference formats (`lightft.data.preference`): `prompt`/`chosen`/
+`rejected`, implicit-prompt `chosen`/`rejected`, unpaired `prompt`/`completion`/`label` (KTO); and `prompt` alone for
+RL. A column mapping renames a dataset's own fields (dotted paths reach into nested records, e.g.
+`{prompt: question, completion: answer.value}`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,29 @@ from typing import Any, Literal
 
 from lightft.errors import LightFTError
 
-FormatName = Literal["auto", "messages", "prompt_completion", "alpaca", "text"]
+FormatName = Literal[
+    "auto",
+    "messages",
+    "prompt_completion",
+    "alpaca",
+    "text",
+    "preference",
+    "implicit_preference",
+    "unpaired_preference",
+    "prompt_only",
+]
+# in order of detection preference (TRL's field names)
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "implicit_preference": ("chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "text": ("text",),
+    "prompt_only": ("prompt",),
 }
+SFT_FORMATS = ("messages", "prompt_completion", "alpaca", "text")
 ROLES = ("system", "user", "assistant", "tool")
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{context}. Write a response that appropriately completes the "
@@ -45,19 +63,21 @@ class Example:
         return bool(self.messages)
 
 
-def detect_format(columns: list[str], where: str) -> str:
-    """Pick the format whose required fields are all present, in TRL's order of preference."""
+def detect_format(columns: list[str], where: str, allowed: tuple[str, ...] = SFT_FORMATS) -> str:
+    """Pick the first of the `allowed` formats whose required fields are all present, in TRL's order of preference."""
     for name, needed in REQUIRED_FIELDS.items():
-        if all(c in columns for c in needed):
+        if name in allowed and all(c in columns for c in needed):
             return name
     raise LightFTError(
         f"{where}: cannot tell the format from the columns {sorted(columns)}; set format: "
-        "(messages | prompt_completion | alpaca | text) and map your fields with columns: {prompt: my_field, ...}."
+        f"({' | '.join(allowed)}) and map your fields with columns: {{prompt: my_field, ...}}."
     )
 
 
-def check_columns(fmt: str, columns: list[str], where: str) -> None:
-    """Fail when a field the format needs is not a column of the dataset."""
+def check_columns(fmt: str, columns: list[str], where: str, allowed: tuple[str, ...] = SFT_FORMATS) -> None:
+    """Fail when the format does not suit this kind of data, or a field it needs is not a column of the dataset."""
+    if fmt not in allowed:
+        raise LightFTError(f"{where}: format '{fmt}' is not one this data module reads; use one of {list(allowed)}.")
     missing = [c for c in REQUIRED_FIELDS[fmt] if c not in columns]
     if missing:
         raise LightFTError(
@@ -86,10 +106,16 @@ def to_example(row: Mapping[str, Any], fmt: str, conversational_alpaca: bool, wh
         messages = _messages(row["messages"], "messages", where)
         return Example(messages, [i for i, m in enumerate(messages) if m["role"] == "assistant"])
     if fmt == "prompt_completion":
-        return _prompt_completion(row["prompt"], row["completion"], where)
+        return prompt_completion(row["prompt"], row["completion"], where)
     if fmt == "alpaca":
         return _alpaca(row, conversational_alpaca, where)
-    return Example(segments=[(_text(row["text"], "text", where), True)])
+    if fmt == "text":
+        return Example(segments=[(_text(row["text"], "text", where), True)])
+    if fmt == "prompt_only":
+        return prompt_example(row["prompt"], where)
+    from lightft.data.preference import to_pair, to_unpaired  # preference formats: the chosen/given completion
+
+    return to_unpaired(row, where)[0] if fmt == "unpaired_preference" else to_pair(row, fmt, where)[0]
 
 
 def _text(value: Any, name: str, where: str) -> str:
@@ -111,7 +137,8 @@ def _messages(value: Any, name: str, where: str) -> list[dict[str, str]]:
     return messages
 
 
-def _prompt_completion(prompt: Any, completion: Any, where: str) -> Example:
+def prompt_completion(prompt: Any, completion: Any, where: str) -> Example:
+    """A prompt and its trained completion, both plain strings or both lists of messages."""
     if isinstance(prompt, list) or isinstance(completion, list):
         prompt_msgs = _messages(prompt, "prompt", where)
         completion_msgs = _messages(completion, "completion", where)
@@ -119,6 +146,13 @@ def _prompt_completion(prompt: Any, completion: Any, where: str) -> Example:
         trained = [i for i in range(len(prompt_msgs), len(messages)) if messages[i]["role"] == "assistant"]
         return Example(messages, trained)
     return Example(segments=[(_text(prompt, "prompt", where), False), (_text(completion, "completion", where), True)])
+
+
+def prompt_example(prompt: Any, where: str) -> Example:
+    """A prompt with nothing to train: a list of messages or a plain string."""
+    if isinstance(prompt, list):
+        return Example(_messages(prompt, "prompt", where), [])
+    return Example(segments=[(_text(prompt, "prompt", where), False)])
 
 
 def _alpaca(row: Mapping[str, Any], conversational: bool, where: str) -> Example:

@@ -14,12 +14,15 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from lightft.data.formats import check_columns, detect_format, prompt_only, remap, to_example
+from lightft.data.formats import SFT_FORMATS, check_columns, detect_format, prompt_only, remap, to_example
 from lightft.data.sources import DatasetSpec, Locator, load_rows
 from lightft.data.templates import ExampleEncoder, Truncation
 from lightft.errors import LightFTError
 
-ENCODING_VERSION = "1"
+ENCODING_VERSION = "2"
+# formats a generation prompt can be taken from (the prompt, and the trained part as the reference answer)
+PROMPT_FORMATS = ("messages", "preference", "implicit_preference", "unpaired_preference", "prompt_completion",
+                  "alpaca", "prompt_only")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,23 @@ def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
     return repr([*parts, tokenizer.chat_template, probe])
 
 
-def _fingerprint(rows: datasets.Dataset, *parts: Any) -> str:
-    text = repr((rows._fingerprint, ENCODING_VERSION, *parts))
+def tokenizer_fingerprint(rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, *parts: Any) -> str:
+    """Cache key of an encoded split: the rows, the tokenizer and every encoding setting."""
+    text = repr((rows._fingerprint, ENCODING_VERSION, _tokenizer_digest(tokenizer), *parts))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _formatted(spec: DatasetSpec, key: str) -> tuple[datasets.Dataset, str, Locator]:
+def formatted_rows(
+    spec: DatasetSpec, key: str, allowed: tuple[str, ...] = SFT_FORMATS
+) -> tuple[datasets.Dataset, str, Locator]:
+    """Rows with the column mapping applied, their format (one of `allowed`) and a row locator for errors."""
     rows, where = load_rows(spec, key)
     if spec.columns:
         columns = dict(spec.columns)
         rows = rows.map(lambda row: remap(row, columns), desc="mapping columns")
-    fmt = detect_format(rows.column_names, f"{key} ({spec.path})") if spec.format == "auto" else spec.format
-    check_columns(fmt, rows.column_names, f"{key} ({spec.path})")
+    name = f"{key} ({spec.path})"
+    fmt = detect_format(rows.column_names, name, allowed) if spec.format == "auto" else spec.format
+    check_columns(fmt, rows.column_names, name, allowed)
     return rows, fmt, where
 
 
@@ -67,7 +75,7 @@ def encode_split(
     spec: DatasetSpec, key: str, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: Truncation
 ) -> tuple[datasets.Dataset, SplitStats]:
     """Tokenized, filtered split and its statistics."""
-    rows, fmt, where = _formatted(spec, key)
+    rows, fmt, where = formatted_rows(spec, key)
     encoder = ExampleEncoder(tokenizer, max_length, truncation)
     chat = bool(tokenizer.chat_template)
 
@@ -84,16 +92,17 @@ def encode_split(
             "too_long": False,
         }
 
-    fingerprint = _fingerprint(rows, fmt, max_length, truncation, _tokenizer_digest(tokenizer))
+    fingerprint = tokenizer_fingerprint(rows, tokenizer, fmt, max_length, truncation)
     encoded = rows.map(
         encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint, desc="tokenizing"
     )
-    return _filter(encoded, spec, key, where)
+    return filter_untrainable(encoded, spec, key, where)
 
 
-def _filter(
+def filter_untrainable(
     encoded: datasets.Dataset, spec: DatasetSpec, key: str, where: Locator
 ) -> tuple[datasets.Dataset, SplitStats]:
+    """Drop rows with no trained token (counted, the first one named); an empty result is an error."""
     too_long = sum(encoded["too_long"])
     flags = zip(encoded["n_trained"], encoded["too_long"], strict=True)
     zero = [i for i, (n, long) in enumerate(flags) if n == 0 and not long]
@@ -120,18 +129,16 @@ def encode_prompts(
     spec: DatasetSpec, key: str, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> datasets.Dataset:
     """Generation prompts (`prompt_ids`) and, where the data has one, the reference answer text (`reference`)."""
-    rows, fmt, where = _formatted(spec, key)
+    rows, fmt, where = formatted_rows(spec, key, PROMPT_FORMATS)
     encoder = ExampleEncoder(tokenizer, max_length, "left")
     chat = bool(tokenizer.chat_template)
-    if fmt == "text":
-        raise LightFTError(f"{key} ({spec.path}): plain `text` has no prompt to complete; use a prompt format.")
 
     def encode(row: dict[str, Any], index: int) -> dict[str, Any]:
         example = to_example(row, fmt, chat, where(index))
         ids = encoder.encode_prompt(prompt_only(example))[-max_length:]
         return {"prompt_ids": ids, "reference": _reference(example)}
 
-    fingerprint = _fingerprint(rows, "prompts", fmt, max_length, _tokenizer_digest(tokenizer))
+    fingerprint = tokenizer_fingerprint(rows, tokenizer, "prompts", fmt, max_length)
     return rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint)
 
 

@@ -16,13 +16,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from lightft.errors import LightFTError
 
 log = logging.getLogger(__name__)
 
 PACKAGE_SCHEME = "package://"
+Head = Literal["causal_lm", "reward"]
+# a reward model is the backbone with a scalar head read at the last non-pad token (`*ForSequenceClassification`,
+# num_labels=1), so transformers, TRL and lightft all load it
+AUTO_CLASSES: dict[str, Any] = {"causal_lm": AutoModelForCausalLM, "reward": AutoModelForSequenceClassification}
+HEAD_KWARGS: dict[str, dict[str, Any]] = {"causal_lm": {}, "reward": {"num_labels": 1}}
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 CHATML_TEMPLATE = (
@@ -132,14 +144,16 @@ def load_config(spec: ModelSpec, key: str = "model.path") -> Any:
         raise _load_error(key, path, err) from err
 
 
-def meta_model(spec: ModelSpec, key: str = "model.path") -> PreTrainedModel:
+def meta_model(spec: ModelSpec, key: str = "model.path", head: Head = "causal_lm") -> PreTrainedModel:
     """The model's architecture on the meta device: every module and shape, no weights, no memory.
 
     Config-time checks (PEFT targets, compatibility) and memory estimates use it before anything is loaded.
     """
     config = load_config(spec, key)
+    for name, value in HEAD_KWARGS[head].items():
+        setattr(config, name, value)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+        return AUTO_CLASSES[head].from_config(config, trust_remote_code=spec.trust_remote_code)
 
 
 def load_tokenizer(spec: ModelSpec, key: str = "model.path") -> PreTrainedTokenizerBase:
@@ -180,26 +194,28 @@ def load_model(
     quantization_config: Any = None,
     device_map: Any = None,
     key: str = "model.path",
+    head: Head = "causal_lm",
 ) -> PreTrainedModel:
-    """Load the causal LM described by `spec` (random weights if `spec.random_init`).
+    """Load the model described by `spec` (random weights if `spec.random_init`): a causal LM, or a reward model.
 
     Weights are materialised directly (transformers builds the module on the meta device and loads the checkpoint
     into it), so peak host memory is one copy of the weights. The embeddings grow if the tokenizer gained a pad token.
     """
     path, gguf = resolve_path(spec, key)
     dtype = torch_dtype(spec, precision)
-    kwargs = _hub_kwargs(spec, gguf)
+    kwargs = {**_hub_kwargs(spec, gguf), **HEAD_KWARGS[head]}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     try:
         if quantization_config is not None and (spec.random_init or gguf):
             # bitsandbytes quantizes while loading a checkpoint; random or GGUF weights go through a temporary one
             unquantized = replace(spec, dtype="float32" if spec.dtype == "auto" else spec.dtype)
-            model = _quantize_via_checkpoint(load_model(unquantized, key=key), dtype, quantization_config, device_map)
+            model = load_model(unquantized, key=key, head=head)
+            model = _quantize_via_checkpoint(model, dtype, quantization_config, device_map, head)
         elif spec.random_init:
-            model = _random_model(path, spec.seed, dtype, kwargs)
+            model = _random_model(path, spec.seed, dtype, kwargs, head)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
+            model = AUTO_CLASSES[head].from_pretrained(
                 path, dtype=dtype, quantization_config=quantization_config, device_map=device_map, **kwargs
             )
     except (OSError, ValueError) as err:
@@ -223,23 +239,24 @@ def _keep_4bit_layout(model: PreTrainedModel) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _random_model(path: str, seed: int, dtype: torch.dtype, kwargs: dict[str, Any]) -> PreTrainedModel:
+def _random_model(path: str, seed: int, dtype: torch.dtype, kwargs: dict[str, Any], head: Head) -> PreTrainedModel:
     """Random weights for `path`'s architecture, reproducible from `seed`."""
-    config = AutoConfig.from_pretrained(path, **kwargs)
+    config_kwargs = {k: v for k, v in kwargs.items() if k not in ("attn_implementation", *HEAD_KWARGS[head])}
+    config = AutoConfig.from_pretrained(path, **config_kwargs, **HEAD_KWARGS[head])
     init_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "attn_implementation")}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, **init_kwargs)
+        return AUTO_CLASSES[head].from_config(config, dtype=dtype, **init_kwargs)
 
 
 def _quantize_via_checkpoint(
-    model: PreTrainedModel, dtype: torch.dtype, quantization_config: Any, device_map: Any
+    model: PreTrainedModel, dtype: torch.dtype, quantization_config: Any, device_map: Any, head: Head
 ) -> PreTrainedModel:
     attn = model.config._attn_implementation
     with tempfile.TemporaryDirectory(prefix="lightft-quantize-") as tmp:
         savable(model).save_pretrained(tmp)
         del model
-        return AutoModelForCausalLM.from_pretrained(
+        return AUTO_CLASSES[head].from_pretrained(
             tmp, dtype=dtype, quantization_config=quantization_config, device_map=device_map, attn_implementation=attn
         )
 
@@ -253,9 +270,11 @@ def savable(model: PreTrainedModel) -> PreTrainedModel:
         return model
     config = copy.deepcopy(model.config)
     del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    head = "reward" if "ForSequenceClassification" in type(model).__name__ else "causal_lm"
+    fresh = AUTO_CLASSES[head].from_config(config, dtype=model.dtype)
     fresh.load_state_dict(model.state_dict())
-    fresh.generation_config = model.generation_config
+    if getattr(model, "generation_config", None) is not None:
+        fresh.generation_config = model.generation_config
     return fresh
 
 
@@ -265,5 +284,5 @@ def _fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) 
         log.warning("resizing embeddings %d -> %d for the added pad token", rows, len(tokenizer))
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
+    if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -19,7 +19,7 @@ from torch import nn
 
 from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
-from lightft.models.loading import ModelSpec, load_model, load_tokenizer, torch_dtype
+from lightft.models.loading import Head, ModelSpec, load_model, load_tokenizer, torch_dtype
 from lightft.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, parameter_groups
 from lightft.peft.base import PEFTStrategy, count_parameters, state_dict_bytes
 from lightft.peft.lora import LoRA
@@ -28,7 +28,9 @@ MODEL_KEY = "model.init_args.model.path"
 
 
 class LightFTModule(pl.LightningModule):
-    """Base of the training methods: a pretrained causal LM made trainable by a PEFT strategy.
+    """Base of the training methods: a pretrained model made trainable by a PEFT strategy.
+
+    `model_head` says what is loaded: a causal LM, or (reward models) the backbone with a scalar head.
 
     Args:
         model: Which pretrained model to start from (path, dtype, GGUF file, ...).
@@ -37,6 +39,8 @@ class LightFTModule(pl.LightningModule):
         scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
     """
+
+    model_head: Head = "causal_lm"
 
     def __init__(
         self,
@@ -48,7 +52,7 @@ class LightFTModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model_spec, self.peft = model, _concrete(peft)
+        self.model_spec, self.peft = model, concrete(peft)
         self.optimizer_config, self.scheduler_config = optimizer, scheduler
         self.gradient_checkpointing = gradient_checkpointing
         self.strict_loading = False  # checkpoints hold trainable weights only; `on_load_checkpoint` checks them
@@ -89,7 +93,9 @@ class LightFTModule(pl.LightningModule):
         dtype = torch_dtype(self.model_spec, precision)
         quantization = self.peft.quantization_config(dtype) if quantize else None
         device_map = {"": self._load_device()} if quantization is not None else None
-        base = load_model(self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY)
+        base = load_model(
+            self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY, head=self.model_head
+        )
         model = self.peft.apply(base)
         if self.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -104,7 +110,7 @@ class LightFTModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """Optimizer over trainable parameters and a per-step learning-rate schedule."""
         assert self.model is not None, "configure_model must run first"
-        groups = parameter_groups(self.model, self.optimizer_config.weight_decay)
+        groups = parameter_groups(self, self.optimizer_config.weight_decay)  # the model and any head (value, ...)
         if not groups:
             raise LightFTError("model.init_args.peft: the strategy left no trainable parameter.")
         optimizer = build_optimizer(groups, self.optimizer_config)
@@ -153,7 +159,7 @@ def peft_summary(peft: Any, model: nn.Module) -> dict[str, float]:
     }
 
 
-def _concrete(obj: Any) -> Any:
+def concrete(obj: Any) -> Any:
     """A real instance in place of a jsonargparse lazy default (the module was built in Python, not by the CLI)."""
     cls = getattr(obj, "_lazy_class_type", None)
     return cls(**obj.lazy_get_init_args()) if cls is not None else obj
@@ -202,7 +208,7 @@ def _plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return _plain(asdict(value))
     if hasattr(value, "__dict__"):
-        value = _concrete(value)
+        value = concrete(value)
         names = [n for n in _init_parameters(type(value)) if hasattr(value, n)]
         return {"class_path": _class_path(value), "init_args": {n: _plain(getattr(value, n)) for n in names}}
     raise TypeError(f"cannot store hyper-parameter of type {type(value).__name__} in a checkpoint")

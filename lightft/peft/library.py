@@ -40,6 +40,8 @@ class PeftLibraryStrategy:
     def apply(self, model: PreTrainedModel) -> nn.Module:
         """Freeze the base and add the method's trainable parts."""
         config = self.peft_config(model)
+        if "ForSequenceClassification" in type(model).__name__:
+            config.task_type = "SEQ_CLS"  # peft then trains and saves the scalar head (`score`) in full
         try:
             return get_peft_model(model, config)
         except ValueError as err:

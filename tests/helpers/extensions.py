@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from lightft import SFTModule
+from lightft import DPOModule, SFTModule
 from lightft.errors import LightFTError
 from lightft.losses import token_cross_entropy
+from lightft.losses.preference import PreferenceOutput
 
 
 class ZLossSFT(SFTModule):
@@ -71,3 +73,15 @@ class TrainLastLayers:
     def load(self, model: PreTrainedModel, directory: Path) -> nn.Module:
         model.load_state_dict(load_file(Path(directory) / "layers.safetensors"), strict=False)
         return self.apply(model)
+
+
+class NLLRegularisedDPO(DPOModule):
+    """DPO plus alpha x the chosen answer's mean token NLL (RPO, Pang et al. 2024): a subclass overriding the loss."""
+
+    alpha = 1.0
+
+    def compute_loss(self, batch: dict[str, Tensor], split: str) -> tuple[PreferenceOutput, Any]:
+        output, policy = super().compute_loss(batch, split)
+        self.log(f"{split}/chosen_nll", policy.chosen_nll.mean().detach(), batch_size=len(policy.chosen))
+        losses = output.losses + self.alpha * policy.chosen_nll
+        return PreferenceOutput(losses, output.chosen_rewards, output.rejected_rewards), policy

@@ -1,0 +1,59 @@
+"""PromptDataModule: prompts for on-policy RL (PPO, GRPO), left-padded so generation starts where each row ends.
+
+Reads prompt-only data (`prompt`: a string or a list of messages) or takes the prompt of any SFT or preference
+format; the trained part, where there is one (`completion`, `chosen`, assistant turn), travels along as the
+`reference` passed to reward functions (e.g. a verifiable answer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from lightft.data.collate import PromptCollator
+from lightft.data.datamodule import KEY, PromptDataset, TokenDataModule
+from lightft.data.pipeline import encode_prompts
+from lightft.data.sources import DatasetSpec
+from lightft.models.loading import ModelSpec
+
+
+class PromptDataModule(TokenDataModule):
+    """Prompts for rollouts.
+
+    Args:
+        train: Training prompts: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
+        val: Validation prompts. Alternatively set `val_fraction`.
+        val_fraction: Hold out this fraction of `train` (seeded) for validation.
+        tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
+        max_prompt_length: Longest prompt in tokens (longer prompts keep their end).
+        batch_size: Prompts per rollout per device.
+        num_workers: DataLoader worker processes.
+        seed: Seed for shuffling and the validation split.
+    """
+
+    def __init__(
+        self,
+        train: DatasetSpec | str | None = None,
+        val: DatasetSpec | str | None = None,
+        val_fraction: float = 0.0,
+        tokenizer: ModelSpec | None = None,
+        max_prompt_length: int = 512,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        specs = {"train": train, "val": val}
+        super().__init__(specs, val_fraction, tokenizer, max_prompt_length, batch_size, False, num_workers, seed)
+
+    def encode(self, name: str, report: bool = True) -> Any:
+        """Prompt ids and reference texts of split `name`."""
+        return encode_prompts(self.specs[name], f"{KEY}.{name}", self.tokenizer, self.max_length)
+
+    def make_dataset(self, rows: Any) -> Dataset:
+        """One item per prompt."""
+        return PromptDataset(rows)
+
+    def collator(self, name: str) -> Any:
+        """Left-padded prompts with their row index and reference."""
+        return PromptCollator(self.tokenizer.pad_token_id)

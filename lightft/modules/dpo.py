@@ -1,0 +1,220 @@
+"""DPOModule: direct preference optimisation and its family (IPO, cDPO/robust, hinge, SimPO, ORPO, KTO).
+
+The loss is an injected object (`lightft.losses.preference`), chosen by `class_path`. The reference model is the
+policy with its adapter disabled (PEFT: no second copy in memory), a frozen copy (full fine-tuning), or neither:
+`reference: precomputed` computes the reference log-probs of every pair once before training (each rank its share,
+summed across ranks) and keeps them in the checkpoint. Reference-free losses (SimPO, ORPO) skip it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Literal
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from lightft.errors import LightFTError
+from lightft.losses.logprobs import sequence_logprobs
+from lightft.losses.preference import DPOLoss, PairLogps, PreferenceLoss, PreferenceOutput, UnpairedLogps
+from lightft.models.loading import ModelSpec, load_model
+from lightft.modules.base import MODEL_KEY, LightFTModule, concrete
+from lightft.optim import OptimizerConfig, SchedulerConfig
+from lightft.peft.base import PEFTStrategy
+from lightft.peft.full import FullFineTune
+from lightft.peft.lora import LoRA
+
+Logps = PairLogps | UnpairedLogps
+
+
+class DPOModule(LightFTModule):
+    """Preference optimisation against a reference model.
+
+    Args:
+        model: Which pretrained model to start from (path, dtype, GGUF file, ...).
+        peft: How the model is made trainable: `lightft.peft.LoRA`, `QLoRA`, `FullFineTune`, or your own class.
+        optimizer: Optimizer name and hyper-parameters.
+        scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
+        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
+        loss: The objective (default `lightft.losses.DPOLoss` with beta 0.1; cDPO / robust via its label smoothing),
+            `IPOLoss`, `HingeLoss`, `SimPOLoss`, `ORPOLoss`, `KTOLoss` (unpaired data), or your own.
+        reference: `live`: reference log-probs computed every step (adapter disabled, or a frozen copy for full
+            fine-tuning); `precomputed`: computed once before training, no reference model during training.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        peft: PEFTStrategy = lazy_instance(LoRA),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        scheduler: SchedulerConfig = SchedulerConfig(),
+        gradient_checkpointing: bool = True,
+        loss: PreferenceLoss | None = None,
+        reference: Literal["live", "precomputed"] = "live",
+    ) -> None:
+        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
+        self.loss, self.reference = concrete(loss) if loss is not None else DPOLoss(), reference
+        if reference == "precomputed" and not self.loss.paired and not self.loss.reference_free:
+            raise LightFTError(
+                f"model.init_args.reference: {type(self.loss).__name__}'s mismatched KL rows change with every batch, "
+                "so its reference cannot be precomputed; set reference: live."
+            )
+        self.reference_model: nn.Module | None = None
+        self.reference_logps: dict[str, Tensor] = {}  # split -> (N, 2) precomputed (chosen, rejected) log-probs
+        self.metrics = nn.ModuleDict(
+            {f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in ("loss", "accuracy", "margin")}
+        )
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the loss compares against a reference model at all."""
+        return not self.loss.reference_free
+
+    def check_datamodule(self, datamodule: Any) -> None:
+        """Paired losses need pairs, KTO needs unpaired examples."""
+        if datamodule is None or not hasattr(datamodule, "is_paired"):
+            raise LightFTError(
+                "data.class_path: DPOModule trains on preference data; use lightft.PreferenceDataModule."
+            )
+        if datamodule.is_paired != self.loss.paired:
+            want = "chosen/rejected pairs" if self.loss.paired else "unpaired prompt/completion/label rows"
+            raise LightFTError(f"data.init_args.train: {type(self.loss).__name__} trains on {want}; give such data.")
+
+    def configure_model(self) -> None:
+        """The policy; for full fine-tuning with a live reference, also a frozen copy of the starting model."""
+        if self.model is not None:
+            return
+        super().configure_model()
+        if self.uses_reference and self.reference == "live" and isinstance(self.peft, FullFineTune):
+            precision = str(self.trainer.precision) if self._trainer is not None else None
+            reference = load_model(self.model_spec, self.tokenizer, precision, key=MODEL_KEY)
+            self.reference_model = reference.requires_grad_(False).train(self.model.training)
+
+    # ---- log-probabilities --------------------------------------------------------------------------------------
+
+    def sequence_logps(self, model: nn.Module, batch: dict[str, Tensor]) -> Logps:
+        """Summed completion log-probs of every row of the batch under `model`."""
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        logits = output.logits[:, -batch["input_ids"].shape[1] :]  # (2B, T, V); prompt-style adds virtual tokens
+        logps, n_tokens = sequence_logprobs(logits, batch["labels"])  # (2B,), (2B,)
+        first, second = logps.chunk(2)
+        if "desirable" in batch:
+            return UnpairedLogps(logps=first, kl_logps=second, desirable=batch["desirable"])
+        n_first, n_second = n_tokens.chunk(2)
+        return PairLogps(first, second, n_first, n_second, chosen_nll=-first / n_first.clamp(min=1))
+
+    def _reference_context(self) -> AbstractContextManager[Any]:
+        if self.reference_model is not None or isinstance(self.peft, FullFineTune):
+            return nullcontext()  # full fine-tuning precomputes with the starting weights, before the first step
+        return self.peft.disabled(self.model)
+
+    @torch.no_grad()
+    def live_reference_logps(self, batch: dict[str, Tensor]) -> Logps:
+        """The reference model's log-probs: the adapter disabled, or the frozen copy."""
+        with self._reference_context():
+            return self.sequence_logps(self.reference_model or self.model, batch)
+
+    def reference_for(self, batch: dict[str, Tensor], split: str) -> Logps | None:
+        """Reference log-probs of a batch: none (reference-free), looked up (precomputed) or computed (live)."""
+        if not self.uses_reference:
+            return None
+        if self.reference == "live":
+            return self.live_reference_logps(batch)
+        cached = self.reference_logps[split].to(self.device)[batch["index"]]  # (B, 2)
+        zeros = torch.zeros_like(cached[:, 0])
+        return PairLogps(cached[:, 0], cached[:, 1], zeros, zeros)
+
+    # ---- steps --------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, batch: dict[str, Tensor], split: str) -> tuple[PreferenceOutput, Logps]:
+        """The loss object's output on a batch, and the policy's log-probs (override to change the objective)."""
+        policy = self.sequence_logps(self.model, batch)
+        return self.loss(policy, self.reference_for(batch, split)), policy
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Loss summed over pairs, scaled so the optimizer step sees the mean over all its pairs."""
+        output, policy = self.compute_loss(batch, "train")
+        size = len(output.losses)
+        self.log("train/loss", output.losses.mean().detach(), prog_bar=True, batch_size=size)
+        for name, value in preference_metrics(output, policy).items():
+            self.log(name, value, prog_bar=name == "rewards/accuracies", batch_size=size)
+        # Lightning divides by accumulate_grad_batches and DDP/FSDP average over ranks; undo both, divide by the step.
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / batch["step_items"]
+        return output.losses.sum() * scale
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        output, _ = self.compute_loss(batch, stage)
+        values = {"loss": output.losses}
+        if self.loss.paired:
+            margins = output.chosen_rewards - output.rejected_rewards
+            values.update(accuracy=(margins > 0).float(), margin=margins)
+        for name, value in values.items():
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(value.detach())
+            self.log(f"{stage}/{name}", metric, prog_bar=name != "margin", on_epoch=True, batch_size=len(value))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Loss, reward accuracy and mean reward margin over the validation pairs."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Loss, reward accuracy and mean reward margin over the test pairs."""
+        self._eval_step(batch, "test")
+
+    # ---- precomputed reference ----------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        """With `reference: precomputed`, compute the reference log-probs of every split once (unless resumed)."""
+        super().on_fit_start()
+        if self.reference != "precomputed" or not self.uses_reference:
+            return
+        datamodule = self.trainer.datamodule
+        for split in ("train", "val"):
+            if split in getattr(datamodule, "datasets", {}) and split not in self.reference_logps:
+                self.reference_logps[split] = self.precompute_reference(datamodule, split)
+
+    @torch.no_grad()
+    def precompute_reference(self, datamodule: Any, split: str) -> Tensor:
+        """(N, 2) reference log-probs (chosen, rejected) of every pair of a split, identical on every rank."""
+        world, rank = self.trainer.world_size, self.global_rank
+        values = torch.zeros(len(datamodule.datasets[split]), 2, device=self.device)
+        for batch in datamodule.ordered_dataloader(split, rank, world):
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            reference = self.live_reference_logps(batch)
+            values[batch["index"]] = torch.stack([reference.chosen, reference.rejected], dim=1).float()
+        if world > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="sum")  # each pair was computed by one rank
+        rank_zero_info(f"reference log-probs precomputed for {len(values)} {split} pairs")
+        return values.cpu()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Trainable weights, plus the precomputed reference log-probs (the starting model is not kept)."""
+        super().on_save_checkpoint(checkpoint)
+        if self.reference_logps:
+            checkpoint["reference_logps"] = dict(self.reference_logps)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore precomputed reference log-probs so a resumed run compares against the same reference."""
+        super().on_load_checkpoint(checkpoint)
+        self.reference_logps = dict(checkpoint.get("reference_logps", {}))
+
+
+def preference_metrics(output: PreferenceOutput, policy: Logps) -> dict[str, Tensor]:
+    """TRL's health metrics: implicit rewards, their margins and accuracy, and the policy's log-probs."""
+    metrics: dict[str, Tensor] = {}
+    if output.chosen_rewards.numel():
+        metrics["rewards/chosen"] = output.chosen_rewards.mean()
+    if output.rejected_rewards.numel():
+        metrics["rewards/rejected"] = output.rejected_rewards.mean()
+    if isinstance(policy, PairLogps):
+        margins = output.chosen_rewards - output.rejected_rewards
+        metrics["rewards/margins"] = margins.mean()
+        metrics["rewards/accuracies"] = (margins > 0).float().mean()
+        metrics["logps/chosen"] = policy.chosen.detach().mean()
+        metrics["logps/rejected"] = policy.rejected.detach().mean()
+    else:
+        metrics["logps/completion"] = policy.logps.detach().mean()
+    return metrics

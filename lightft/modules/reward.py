@@ -1,0 +1,112 @@
+"""RewardModelModule: a scalar reward model trained on preference pairs with the Bradley-Terry loss.
+
+The model is the backbone with a scalar head read at each sequence's last token (transformers'
+`*ForSequenceClassification` with one label), so an exported reward model loads in transformers, TRL and lightft.
+Chosen and rejected go through the model in one forward pass; the head always trains and is saved with the adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonargparse import lazy_instance
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from lightft.errors import LightFTError
+from lightft.losses.reward import BradleyTerryLoss
+from lightft.models.loading import ModelSpec
+from lightft.modules.base import LightFTModule, concrete
+from lightft.optim import OptimizerConfig, SchedulerConfig
+from lightft.peft.base import PEFTStrategy
+from lightft.peft.lora import LoRA
+
+HEAD_NAME = "score"  # transformers' name of the sequence-classification head
+
+
+class RewardModelModule(LightFTModule):
+    """Reward model training on chosen/rejected pairs.
+
+    Args:
+        model: Which pretrained model to start from (path, dtype, GGUF file, ...); a scalar head is added.
+        peft: How the backbone is made trainable (the head always trains): `lightft.peft.LoRA`, `QLoRA`, ...
+        optimizer: Optimizer name and hyper-parameters.
+        scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
+        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
+        loss: The pairwise loss (default: Bradley-Terry; set `center_rewards_coefficient` for reward centering); a
+            data column `margin` is used as the required margin when present.
+    """
+
+    model_head = "reward"
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        peft: PEFTStrategy = lazy_instance(LoRA),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        scheduler: SchedulerConfig = SchedulerConfig(),
+        gradient_checkpointing: bool = True,
+        loss: BradleyTerryLoss | None = None,
+    ) -> None:
+        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
+        self.loss = concrete(loss) if loss is not None else BradleyTerryLoss()
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("loss", "accuracy", "margin")}
+        )
+
+    def check_datamodule(self, datamodule: Any) -> None:
+        """Reward models train on paired preference data."""
+        if datamodule is not None and not getattr(datamodule, "is_paired", False):
+            raise LightFTError(
+                "data.class_path: RewardModelModule trains on chosen/rejected pairs; use lightft.PreferenceDataModule "
+                "with prompt/chosen/rejected (or chosen/rejected) data."
+            )
+
+    def build_model(self, quantize: bool = True) -> nn.Module:
+        """The PEFT-wrapped backbone with its scalar head trainable, whatever the strategy."""
+        model = super().build_model(quantize)
+        head = [p for n, p in model.named_parameters() if _is_head(n)]
+        if not any(p.requires_grad for p in head):
+            for param in head:
+                param.requires_grad_(True)
+        return model
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rewards (2B,) of the batch's rows: chosen rows first, then rejected."""
+        assert self.model is not None, "configure_model must run first"
+        output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        return output.logits.squeeze(-1).float()
+
+    def _pair_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        chosen, rejected = self(batch).chunk(2)  # (B,), (B,)
+        return self.loss(chosen, rejected, batch.get("margin")), chosen - rejected
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Pairwise loss summed over pairs, scaled so the optimizer step sees the mean over all its pairs."""
+        losses, margins = self._pair_step(batch)
+        size = len(losses)
+        self.log("train/loss", losses.mean().detach(), prog_bar=True, batch_size=size)
+        self.log("train/accuracy", (margins > 0).float().mean(), prog_bar=True, batch_size=size)
+        self.log("train/margin", margins.mean().detach(), batch_size=size)
+        # Lightning divides by accumulate_grad_batches and DDP/FSDP average over ranks; undo both, divide by the step.
+        return losses.sum() * self.trainer.accumulate_grad_batches * self.trainer.world_size / batch["step_items"]
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        losses, margins = self._pair_step(batch)
+        for name, values in (("loss", losses), ("accuracy", (margins > 0).float()), ("margin", margins)):
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(values.detach())
+            self.log(f"{stage}/{name}", metric, prog_bar=name != "margin", on_epoch=True, batch_size=len(losses))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Loss, accuracy (chosen scored above rejected) and mean margin over the validation pairs."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Loss, accuracy and mean margin over the test pairs."""
+        self._eval_step(batch, "test")
+
+
+def _is_head(name: str) -> bool:
+    parts = name.split(".")
+    return HEAD_NAME in parts and "original_module" not in parts

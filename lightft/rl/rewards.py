@@ -1,0 +1,148 @@
+"""Rewards for on-policy RL: the `RewardFunction` protocol, a trained reward model as one, and rule rewards.
+
+A reward function takes the rendered prompts, the completions (special tokens stripped) and the data's reference
+answers, and returns one score per completion. Name your own by `class_path` in `model.init_args.reward`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from lightft.errors import LightFTError
+
+KEY = "model.init_args.reward"
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    """Scores completions: one float per completion (higher is better)."""
+
+    def __call__(self, prompts: list[str], completions: list[str], references: list[str]) -> Sequence[float] | Tensor:
+        """Score `completions[i]`, the answer to `prompts[i]` (reference answer `references[i]`, may be empty)."""
+
+
+def score(reward: RewardFunction, prompts: list[str], completions: list[str], references: list[str]) -> Tensor:
+    """Call `reward` and check its answer: (N,) finite float32 scores, else a one-line error naming the class."""
+    name = type(reward).__name__
+    try:
+        scores = torch.as_tensor(reward(prompts, completions, references), dtype=torch.float32).detach().cpu()
+    except LightFTError:
+        raise
+    except Exception as err:
+        raise LightFTError(f"{KEY} ({name}): raised {type(err).__name__}: {err}; fix the reward function.") from err
+    if scores.shape != (len(completions),):
+        raise LightFTError(
+            f"{KEY} ({name}): returned shape {tuple(scores.shape)} for {len(completions)} completions; return one "
+            "float per completion."
+        )
+    if not torch.isfinite(scores).all():
+        raise LightFTError(f"{KEY} ({name}): returned a non-finite score; return finite floats.")
+    return scores
+
+
+class KeywordReward:
+    """Rule reward: how often `keyword` occurs in the completion.
+
+    Args:
+        keyword: Text to look for.
+        per_char: Divide the count by the completion's length in characters (a density in [0, 1]), so the reward
+            rises only by emitting the keyword more, not by writing more.
+    """
+
+    def __init__(self, keyword: str, per_char: bool = True) -> None:
+        if not keyword:
+            raise LightFTError(f"{KEY}.init_args.keyword: must not be empty.")
+        self.keyword, self.per_char = keyword, per_char
+
+    def __call__(self, prompts: list[str], completions: list[str], references: list[str]) -> Sequence[float] | Tensor:
+        """Keyword count (or density) per completion."""
+        counts = [c.count(self.keyword) for c in completions]
+        if not self.per_char:
+            return [float(n) for n in counts]
+        return [n * len(self.keyword) / max(1, len(c)) for n, c in zip(counts, completions, strict=True)]
+
+
+class JSONMatchReward:
+    """Rule reward for structured output: the fraction of the reference JSON record's fields reproduced exactly.
+
+    A completion that is not a JSON object scores `invalid` (default 0); an exact record scores 1.
+
+    Args:
+        invalid: Score of a completion that does not parse as a JSON object.
+    """
+
+    def __init__(self, invalid: float = 0.0) -> None:
+        self.invalid = invalid
+
+    def __call__(self, prompts: list[str], completions: list[str], references: list[str]) -> Sequence[float] | Tensor:
+        """Per completion: matched fields / reference fields."""
+        return [self._one(c, r) for c, r in zip(completions, references, strict=True)]
+
+    def _one(self, completion: str, reference: str) -> float:
+        try:
+            got, want = json.loads(completion.strip()), json.loads(reference)
+        except json.JSONDecodeError:
+            return self.invalid
+        if not isinstance(got, dict) or not isinstance(want, dict) or not want:
+            return self.invalid
+        return sum(got.get(k) == v for k, v in want.items()) / len(want)
+
+
+class RewardModelScorer:
+    """A trained reward model as a reward function: an exported directory (`lightft export --merge true`) or any
+    `*ForSequenceClassification` checkpoint with one label, scoring `prompt + completion + EOS` with its own
+    tokenizer. It is loaded on first use, frozen, on the device it is moved to by `to`.
+
+    Args:
+        path: Directory of the reward model (transformers format).
+        batch_size: Completions scored per forward pass.
+        max_length: Longer texts keep their end (the completion).
+    """  # noqa: D205
+
+    def __init__(self, path: str, batch_size: int = 8, max_length: int = 1024) -> None:
+        self.path, self.batch_size, self.max_length = path, batch_size, max_length
+        self.device = torch.device("cpu")
+        self._model = self._tokenizer = None
+
+    def to(self, device: torch.device) -> RewardModelScorer:
+        """Score on `device` (the policy's)."""
+        self.device = torch.device(device)
+        if self._model is not None:
+            self._model.to(self.device)
+        return self
+
+    def _load(self) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if not Path(self.path).is_dir():
+            raise LightFTError(f"{KEY}.init_args.path: reward model directory '{self.path}' not found.")
+        self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self._tokenizer.truncation_side = "left"
+        model = AutoModelForSequenceClassification.from_pretrained(self.path)
+        self._model = model.requires_grad_(False).eval().to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], references: list[str]) -> Sequence[float] | Tensor:
+        """The reward model's scalar score of each prompt + completion."""
+        if self._model is None:
+            self._load()
+        eos = self._tokenizer.eos_token or ""
+        texts = [p + c + eos for p, c in zip(prompts, completions, strict=True)]
+        scores = []
+        for i in range(0, len(texts), self.batch_size):
+            enc = self._tokenizer(
+                texts[i : i + self.batch_size],
+                add_special_tokens=False,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            scores.append(self._model(**enc).logits.squeeze(-1).float().cpu())
+        return torch.cat(scores)
