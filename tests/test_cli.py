@@ -27,6 +27,11 @@ def fails(capsys, *args):
     return last
 
 
+def fit_fails(capsys, tmp_path, *args):
+    """`lightft fit` on the tiny config into a fresh run directory, expecting a user error."""
+    return fails(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "run"), *args)
+
+
 def test_fit_writes_one_self_contained_run_directory(tmp_path):
     fit(tmp_path / "run")
     run = tmp_path / "run"
@@ -146,13 +151,9 @@ def test_bad_data_gives_one_line_errors(tmp_path, capsys, rows, expected):
         path.write_text(rows)
     elif rows is not None:
         write_jsonl(path, rows)
-    line = fails(
+    line = fit_fails(
         capsys,
-        "fit",
-        "--config",
-        TINY,
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
+        tmp_path,
         "--data.init_args.train",
         str(path),
         "--data.init_args.val",
@@ -163,13 +164,9 @@ def test_bad_data_gives_one_line_errors(tmp_path, capsys, rows, expected):
 
 
 def test_model_path_not_found(tmp_path, capsys):
-    line = fails(
+    line = fit_fails(
         capsys,
-        "fit",
-        "--config",
-        TINY,
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
+        tmp_path,
         "--model.init_args.model.path",
         str(tmp_path / "no-model"),
     )
@@ -177,13 +174,9 @@ def test_model_path_not_found(tmp_path, capsys):
 
 
 def test_target_modules_matching_nothing(tmp_path, capsys):
-    line = fails(
+    line = fit_fails(
         capsys,
-        "fit",
-        "--config",
-        TINY,
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
+        tmp_path,
         "--model.init_args.peft.init_args.target_modules",
         "[query, value]",
     )
@@ -192,13 +185,9 @@ def test_target_modules_matching_nothing(tmp_path, capsys):
 
 def test_empty_dataset(tmp_path, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", [chat("word " * 100, "yes")])
-    line = fails(
+    line = fit_fails(
         capsys,
-        "fit",
-        "--config",
-        TINY,
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
+        tmp_path,
         "--data.init_args.train",
         str(path),
         "--data.init_args.val",

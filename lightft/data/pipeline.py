@@ -36,10 +36,10 @@ class SplitStats:
     zero_trained: int
     first_zero: str | None = None
 
-    def summary(self, name: str) -> str:
+    def summary(self, name: str, unit: str = "examples") -> str:
         """One line for the log."""
         return (
-            f"{name}: {self.kept}/{self.rows} examples kept; {self.truncated} truncated, {self.too_long} dropped as "
+            f"{name}: {self.kept}/{self.rows} {unit} kept; {self.truncated} truncated, {self.too_long} dropped as "
             f"too long, {self.zero_trained} dropped with no trained token"
             + (f" (first: {self.first_zero})" if self.first_zero else "")
         )

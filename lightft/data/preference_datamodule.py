@@ -72,9 +72,7 @@ class PreferenceDataModule(TokenDataModule):
             raise LightFTError(f"{KEY}.{name} ({spec.path}): mixes paired and unpaired (KTO) data with other splits.")
         self.paired[name] = paired
         if report:
-            rank_zero_info(
-                stats.summary(f"{name} ({spec.path})").replace("examples", "pairs" if paired else "examples")
-            )
+            rank_zero_info(stats.summary(f"{name} ({spec.path})", "pairs" if paired else "examples"))
         return encoded
 
     @property

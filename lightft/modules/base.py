@@ -15,7 +15,8 @@ import lightning.pytorch as pl
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
@@ -105,6 +106,13 @@ class LightFTModule(pl.LightningModule):
     def _load_device(self) -> torch.device:
         return self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
 
+    def log_eval_means(self, metrics: nn.ModuleDict, stage: str, values: dict[str, Tensor]) -> None:
+        """Log `{stage}/{name}` as the mean of per-example `values` over the whole epoch and all ranks."""
+        for name, value in values.items():
+            metric = metrics[f"{stage}_{name}"]
+            metric.update(value.detach())
+            self.log(f"{stage}/{name}", metric, prog_bar=name != "margin", on_epoch=True, batch_size=len(value))
+
     # ---- optimisation -------------------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -146,6 +154,11 @@ class LightFTModule(pl.LightningModule):
                 f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model (e.g. "
                 f"{sorted(missing)[0]}); it was written by another model or PEFT strategy."
             )
+
+
+def eval_means(names: tuple[str, ...], stages: tuple[str, ...] = ("val", "test")) -> nn.ModuleDict:
+    """One torchmetrics `MeanMetric` per stage and name, for `LightFTModule.log_eval_means`."""
+    return nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in stages for name in names})
 
 
 def peft_summary(peft: Any, model: nn.Module) -> dict[str, float]:

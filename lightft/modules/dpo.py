@@ -15,13 +15,12 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from lightft.errors import LightFTError
 from lightft.losses.logprobs import sequence_logprobs
 from lightft.losses.preference import DPOLoss, PairLogps, PreferenceLoss, PreferenceOutput, UnpairedLogps
 from lightft.models.loading import ModelSpec, load_model
-from lightft.modules.base import MODEL_KEY, LightFTModule, concrete
+from lightft.modules.base import MODEL_KEY, LightFTModule, eval_means
 from lightft.optim import OptimizerConfig, SchedulerConfig
 from lightft.peft.base import PEFTStrategy
 from lightft.peft.full import FullFineTune
@@ -56,7 +55,7 @@ class DPOModule(LightFTModule):
         reference: Literal["live", "precomputed"] = "live",
     ) -> None:
         super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
-        self.loss, self.reference = concrete(loss) if loss is not None else DPOLoss(), reference
+        self.loss, self.reference = loss if loss is not None else DPOLoss(), reference
         if reference == "precomputed" and not self.loss.paired and not self.loss.reference_free:
             raise LightFTError(
                 f"model.init_args.reference: {type(self.loss).__name__}'s mismatched KL rows change with every batch, "
@@ -64,9 +63,7 @@ class DPOModule(LightFTModule):
             )
         self.reference_model: nn.Module | None = None
         self.reference_logps: dict[str, Tensor] = {}  # split -> (N, 2) precomputed (chosen, rejected) log-probs
-        self.metrics = nn.ModuleDict(
-            {f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in ("loss", "accuracy", "margin")}
-        )
+        self.metrics = eval_means(("loss", "accuracy", "margin"))
 
     @property
     def uses_reference(self) -> bool:
@@ -151,10 +148,7 @@ class DPOModule(LightFTModule):
         if self.loss.paired:
             margins = output.chosen_rewards - output.rejected_rewards
             values.update(accuracy=(margins > 0).float(), margin=margins)
-        for name, value in values.items():
-            metric = self.metrics[f"{stage}_{name}"]
-            metric.update(value.detach())
-            self.log(f"{stage}/{name}", metric, prog_bar=name != "margin", on_epoch=True, batch_size=len(value))
+        self.log_eval_means(self.metrics, stage, values)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Loss, reward accuracy and mean reward margin over the validation pairs."""

@@ -21,7 +21,7 @@ from lightft.generation import GenerationSettings
 from lightft.losses.logprobs import entropy_from_logits, masked_mean, token_logprobs
 from lightft.losses.ppo import PPOLoss, kl_penalty
 from lightft.models.loading import ModelSpec
-from lightft.modules.base import LightFTModule, concrete
+from lightft.modules.base import LightFTModule
 from lightft.optim import OptimizerConfig, SchedulerConfig
 from lightft.peft.base import PEFTStrategy
 from lightft.peft.full import FullFineTune
@@ -127,10 +127,10 @@ class PPOModule(LightFTModule):
         super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
         _check_settings(self.peft, generation, algorithm, samples_per_prompt)
         self.automatic_optimization = False
-        self.reward, self.generation = concrete(reward), generation
+        self.reward, self.generation = reward, generation
         self.algorithm, self.samples_per_prompt = algorithm, samples_per_prompt
         self.ppo, self.kl_estimator = ppo, kl_estimator
-        self.kl_controller = concrete(kl_controller) if kl_controller is not None else FixedKLController()
+        self.kl_controller = kl_controller if kl_controller is not None else FixedKLController()
         self.shaping = shaping
         self.loss = PPOLoss(ppo.clip_range, ppo.clip_range_value, ppo.vf_coef)
         self.value_head: nn.Module | None = None
@@ -215,7 +215,7 @@ class PPOModule(LightFTModule):
         kl = kl_penalty(old.logprobs, reference, self.kl_estimator) * rollout.response_mask  # (N, R)
         advantages, returns = self.advantages(rollout, old, kl, scores)
         stats = self.update(rollout, old, reference, advantages, returns)
-        mean_kl = (kl.sum(-1)).mean()
+        mean_kl = kl.sum(-1).mean()
         self.kl_controller.update(float(mean_kl), len(scores))
         self.log_rollout(rollout, raw, mean_kl, old, stats)
 

@@ -11,12 +11,11 @@ from typing import Any
 
 from jsonargparse import lazy_instance
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from lightft.errors import LightFTError
 from lightft.losses.reward import BradleyTerryLoss
 from lightft.models.loading import ModelSpec
-from lightft.modules.base import LightFTModule, concrete
+from lightft.modules.base import LightFTModule, eval_means
 from lightft.optim import OptimizerConfig, SchedulerConfig
 from lightft.peft.base import PEFTStrategy
 from lightft.peft.lora import LoRA
@@ -49,10 +48,8 @@ class RewardModelModule(LightFTModule):
         loss: BradleyTerryLoss | None = None,
     ) -> None:
         super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
-        self.loss = concrete(loss) if loss is not None else BradleyTerryLoss()
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("loss", "accuracy", "margin")}
-        )
+        self.loss = loss if loss is not None else BradleyTerryLoss()
+        self.metrics = eval_means(("loss", "accuracy", "margin"))
 
     def check_datamodule(self, datamodule: Any) -> None:
         """Reward models train on paired preference data."""
@@ -93,10 +90,7 @@ class RewardModelModule(LightFTModule):
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
         losses, margins = self._pair_step(batch)
-        for name, values in (("loss", losses), ("accuracy", (margins > 0).float()), ("margin", margins)):
-            metric = self.metrics[f"{stage}_{name}"]
-            metric.update(values.detach())
-            self.log(f"{stage}/{name}", metric, prog_bar=name != "margin", on_epoch=True, batch_size=len(losses))
+        self.log_eval_means(self.metrics, stage, {"loss": losses, "accuracy": (margins > 0).float(), "margin": margins})
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Loss, accuracy (chosen scored above rejected) and mean margin over the validation pairs."""
