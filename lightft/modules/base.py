@@ -142,13 +142,15 @@ class LightFTModule(pl.LightningModule):
         """Keep only trainable weights; make hyper-parameters plain data (loadable with `weights_only=True`)."""
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        if not checkpoint["state_dict"]:
+        if not checkpoint["state_dict"] and self.global_rank == 0:  # sharding strategies gather onto rank 0 only
             raise RuntimeError("refusing to write a checkpoint without trainable weights")
         checkpoint["hyper_parameters"] = plain_hparams(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Fail clearly when the checkpoint lacks weights this model trains (another model or strategy)."""
-        missing = self.trainable_keys() - set(checkpoint.get("state_dict", {}))
+        if "state_dict" not in checkpoint:
+            return  # a sharding strategy (FSDP2) loaded the weights itself and checked their keys
+        missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise LightFTError(
                 f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model (e.g. "

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from lightft.generation import GenerationSettings
+from lightft.strategies import gathered_for_generation
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def sample(
     was_training = model.training
     model.eval()  # generation with the KV cache (training mode turns it off under gradient checkpointing)
     try:
-        output = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=config)
+        with gathered_for_generation(model):  # FSDP2: gather the weights once, not once per decoding step
+            output = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=config)
     finally:
         model.train(was_training)
     prompt_length = input_ids.shape[1]

@@ -6,6 +6,11 @@ import lightning.pytorch as pl
 import torch
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) tensor gathered whole on every rank; a plain tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 class GradientDump(pl.Callback):
     """Saves the (already all-reduced) gradients of the first optimizer step to `path` on rank 0."""
 
@@ -13,6 +18,48 @@ class GradientDump(pl.Callback):
         self.path = path
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer) -> None:
-        if trainer.global_step == 0 and trainer.is_global_zero:
-            grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-            torch.save(grads, self.path)
+        if trainer.global_step == 0:
+            grads = {n: _full(p.grad).detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+            if trainer.is_global_zero:
+                torch.save(grads, self.path)
+
+
+class LossTrace(pl.Callback):
+    """Saves to `path` (rank 0) each step's training loss as the whole step sees it: the mean over ranks of what
+    `training_step` returned (lightft scales each rank's loss so that this mean is the global batch's loss)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        loss = trainer.strategy.reduce(outputs["loss"].detach().clone(), reduce_op="mean")
+        self.losses.append(float(loss))
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            torch.save(self.losses, self.path)
+
+
+class ReplicaCheck(pl.Callback):
+    """At the end of fit, writes to `path` (rank 0) the largest difference of any trainable weight between ranks.
+
+    Data-parallel replicas must stay identical; sharded parameters are gathered first.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        import torch.distributed as dist
+
+        tensors = []
+        for _, param in sorted(module.named_parameters()):
+            if param.requires_grad:
+                tensors.append(_full(param).detach().float().flatten())
+        flat = torch.cat(tensors)
+        gathered = [torch.zeros_like(flat) for _ in range(trainer.world_size)]
+        dist.all_gather(gathered, flat)
+        if trainer.is_global_zero:
+            spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
+            torch.save({"spread": spread, "numel": flat.numel()}, self.path)
