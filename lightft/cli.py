@@ -115,7 +115,7 @@ class LightFTCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         """Config-time compatibility checks, before data is tokenized or weights are loaded."""
         super().after_instantiate_classes()
-        check_compatibility(self.model, self.datamodule)
+        check_compatibility(self.model, self.datamodule, self.trainer)
         self.model.compatibility_checked = True
 
     def before_instantiate_classes(self) -> None:

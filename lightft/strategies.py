@@ -149,6 +149,7 @@ class FSDP(FSDPStrategy):
             state_dict_type=state_dict_type,
             limit_all_gathers=limit_all_gathers,
             use_orig_params=True,  # frozen and trainable parameters may still meet in a unit (norms, embeddings)
+            auto_wrap_policy=partial(fsdp_wrap_policy, layer_classes=()),  # the layer classes are set in `setup`
             process_group_backend=process_group_backend,
             timeout=_timeout(timeout_minutes),
         )
@@ -244,6 +245,44 @@ class FSDP2(ModelParallelStrategy):
             full_state_dict=not self._save_distributed_checkpoint, cpu_offload=True, ignore_frozen_params=True
         )
         return get_model_state_dict(self.model, options=options)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Resume from a gathered file or a directory of shards; both hold only the trainable weights."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not path.is_dir():
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["state_dict"]
+            check_trainable_keys(self.lightning_module, saved.keys(), path)
+            return super().load_checkpoint(path, weights_only)
+        import torch.distributed.checkpoint as dcp
+        from lightning.fabric.strategies.fsdp import _METADATA_FILENAME
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        trainable = StateDictOptions(ignore_frozen_params=True, strict=False)
+        state: dict[str, Any] = {"state_dict": get_model_state_dict(self.model, options=trainable)}
+        optimizers = {f"optimizer_{i}": optimizer for i, optimizer in enumerate(self.optimizers)}
+        for key, optimizer in optimizers.items():
+            state[key] = get_optimizer_state_dict(self.model, optimizer)
+        dcp.load(state, checkpoint_id=path)
+        set_model_state_dict(self.model, state["state_dict"], options=trainable)
+        for key, optimizer in optimizers.items():
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[key])
+        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
+
+
+def check_trainable_keys(module: nn.Module, saved: Any, path: Path | str) -> None:
+    """Fail clearly when a checkpoint lacks weights `module` trains (written by another model or PEFT strategy)."""
+    missing = {n for n, p in module.named_parameters() if p.requires_grad} - set(saved)
+    if missing:
+        raise LightFTError(
+            f"--ckpt_path: {path} lacks {len(missing)} trainable weights of this model (e.g. {sorted(missing)[0]}); "
+            "it was written by another model or PEFT strategy."
+        )
 
 
 def shard_module(module: nn.Module, **kwargs: Any) -> None:

@@ -28,7 +28,7 @@ OVERLAYS = {
 BATCH = {"": 4, "_rm": 4, "_dpo": 4, "_ppo": 8, "_grpo": 2}  # per device in the recipe; halved on 2 ranks
 
 
-def fit(tmp_path, method: str, strategy: str, *extra: str, steps: int = 3) -> dict:
+def fit(tmp_path, method: str, strategy: str, *extra: str, steps: int = 3, read: bool = True) -> dict:
     """Run `lightft fit` on configs/debug/tiny{method}.yaml; returns what the test callbacks and checkpoint hold."""
     name = f"{method or '_sft'}-{strategy}"
     batch = BATCH[method] if strategy == "single" else BATCH[method] // 2
@@ -41,8 +41,11 @@ def fit(tmp_path, method: str, strategy: str, *extra: str, steps: int = 3) -> di
         command += ["--trainer.callbacks+=tests.helpers.callbacks.ReplicaCheck",
                     f"--trainer.callbacks.path={tmp_path / name}-replicas.pt"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+    if not read:
+        return {}
     out = {"weights": torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]}
     for file in ("grads", "losses", "replicas"):
         path = tmp_path / f"{name}-{file}.pt"
@@ -86,3 +89,57 @@ def test_rl_under_ddp_and_fsdp2_trains_the_same_replicated_policy(tmp_path, meth
     for run in runs.values():
         assert run["replicas"]["spread"] == 0.0
     assert_same_tensors(runs["fsdp2"]["weights"], runs["ddp"]["weights"], rtol=0, atol=2e-5)
+
+
+def test_qlora_under_fsdp2_equals_one_rank(tmp_path):
+    """4-bit base weights sharded by FSDP2 (stored as float32 words); bitsandbytes restores the quantization state
+    of a gathered weight from its layer, so 2 ranks compute what 1 rank does."""
+    peft = "--model.init_args.peft"
+    qlora = [peft, "lightft.peft.QLoRA", f"{peft}.init_args.quant_storage", "float32"]
+    runs = {}
+    for strategy in ("single", "fsdp2"):
+        out = tmp_path / f"_sft-{strategy}"
+        runs[strategy] = fit(
+            tmp_path, "", strategy, *qlora,
+            "--trainer.callbacks+=tests.helpers.callbacks.GradientDump", f"--trainer.callbacks.path={out}-grads.pt",
+            "--trainer.callbacks+=tests.helpers.callbacks.ShardReport", f"--trainer.callbacks.path={out}-shards.pt",
+        )  # fmt: skip
+    assert_same_tensors(runs["fsdp2"]["grads"], runs["single"]["grads"], rtol=1e-5, atol=1e-6)
+    assert_same_tensors(runs["fsdp2"]["weights"], runs["single"]["weights"], rtol=0, atol=2e-5)
+    shards = torch.load(tmp_path / "_sft-fsdp2-shards.pt", weights_only=True)
+    assert shards["Params4bit"]["sharded"] > 0 and shards["Params4bit"]["local"] * 2 == shards["Params4bit"]["full"]
+
+
+def test_precomputed_reference_under_fsdp2_with_uneven_shares(tmp_path):
+    """13 pairs over 2 ranks: 7 and 6 pairs, 4 and 3 batches of 2. Every forward of a sharded model is collective,
+    so the short rank pads its pass; the precomputed reference (and so training) equals 1 rank's."""
+    extra = [
+        "--model.init_args.reference",
+        "precomputed",
+        "--data.init_args.train.max_examples",
+        "13",
+        "--trainer.val_check_interval",
+        "2",
+    ]
+    runs = {}
+    for strategy in ("single", "fsdp2"):
+        out = tmp_path / f"_dpo-{strategy}"
+        runs[strategy] = fit(
+            tmp_path, "_dpo", strategy, *extra,
+            "--trainer.callbacks+=tests.helpers.callbacks.GradientDump", f"--trainer.callbacks.path={out}-grads.pt",
+        )  # fmt: skip
+    assert_same_tensors(runs["fsdp2"]["grads"], runs["single"]["grads"], rtol=1e-5, atol=1e-6)
+    assert_same_tensors(runs["fsdp2"]["weights"], runs["single"]["weights"], rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["gathered-file", "sharded-directory"])
+def test_fsdp2_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, sharded):
+    """2 steps, save (one gathered file, or a directory with one shard per rank), resume to 4 steps: the weights
+    equal 4 steps straight (fp32 on CPU, same reduction order: exact up to 1e-6)."""
+    straight = fit(tmp_path / "straight", "", "fsdp2", steps=4)
+    save = ["--trainer.strategy.init_args.save_distributed_checkpoint", str(sharded).lower()]
+    fit(tmp_path / "first", "", "fsdp2", *save, steps=2, read=False)
+    ckpt = tmp_path / "first" / "_sft-fsdp2" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_dir() == sharded
+    resumed = fit(tmp_path / "resumed", "", "fsdp2", "--ckpt_path", str(ckpt), steps=4)
+    assert_same_tensors(resumed["weights"], straight["weights"], rtol=0, atol=1e-6)

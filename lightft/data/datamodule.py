@@ -166,13 +166,18 @@ class TokenDataModule(pl.LightningDataModule):
     def ordered_dataloader(self, name: str, rank: int = 0, world_size: int = 1) -> DataLoader:
         """Every item of split `name` once, this rank's share (items rank, rank + world, ...), sorted by length.
 
-        For one pass over the data outside training, e.g. computing DPO's reference log-probs once.
+        For one pass over the data outside training, e.g. computing DPO's reference log-probs once. All ranks get
+        the same number of batches; padding batches repeat items, so keep only items with `index % world == rank`.
         """
         if name not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(name, name))
         dataset: Any = self.datasets[name]
         mine = sorted(range(rank, len(dataset), world_size), key=lambda i: -dataset.lengths[i])
         batches = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        # every rank runs as many batches (sharded models run collectives in each forward): the short ones repeat
+        # their last batch, or item 0 when they have none; callers keep only the items of their own share
+        per_rank = -(-len(range(0, len(dataset), world_size)) // self.batch_size)
+        batches += [batches[-1] if batches else [0]] * (per_rank - len(batches))
         return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator(name), num_workers=self.num_workers)
 
 

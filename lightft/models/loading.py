@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import safetensors.torch
 import torch
 from transformers import (
     AutoConfig,
@@ -254,7 +256,10 @@ def _quantize_via_checkpoint(
 ) -> PreTrainedModel:
     attn = model.config._attn_implementation
     with tempfile.TemporaryDirectory(prefix="lightft-quantize-") as tmp:
-        savable(model).save_pretrained(tmp)
+        # written by hand: under torch.distributed `save_pretrained` writes on rank 0 only, and every rank needs it
+        model = savable(model)
+        model.config.save_pretrained(tmp)
+        safetensors.torch.save_model(model, os.path.join(tmp, "model.safetensors"))  # shared (tied) tensors once
         del model
         return AUTO_CLASSES[head].from_pretrained(
             tmp, dtype=dtype, quantization_config=quantization_config, device_map=device_map, attn_implementation=attn

@@ -24,6 +24,7 @@ from lightft.models.loading import Head, ModelSpec, load_model, load_tokenizer, 
 from lightft.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, parameter_groups
 from lightft.peft.base import PEFTStrategy, count_parameters, state_dict_bytes
 from lightft.peft.lora import LoRA
+from lightft.strategies import check_trainable_keys
 
 MODEL_KEY = "model.init_args.model.path"
 
@@ -67,7 +68,8 @@ class LightFTModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Config-time checks (before any weight loads) when the CLI has not run them already."""
         if not self.compatibility_checked:
-            check_compatibility(self, self.trainer.datamodule if self._trainer is not None else None)
+            trainer = self._trainer
+            check_compatibility(self, trainer.datamodule if trainer is not None else None, trainer)
             self.compatibility_checked = True
 
     def configure_model(self) -> None:
@@ -150,12 +152,7 @@ class LightFTModule(pl.LightningModule):
         """Fail clearly when the checkpoint lacks weights this model trains (another model or strategy)."""
         if "state_dict" not in checkpoint:
             return  # a sharding strategy (FSDP2) loaded the weights itself and checked their keys
-        missing = self.trainable_keys() - set(checkpoint["state_dict"])
-        if missing:
-            raise LightFTError(
-                f"--ckpt_path: the checkpoint lacks {len(missing)} trainable weights of this model (e.g. "
-                f"{sorted(missing)[0]}); it was written by another model or PEFT strategy."
-            )
+        check_trainable_keys(self, checkpoint["state_dict"], "the checkpoint")
 
 
 def eval_means(names: tuple[str, ...], stages: tuple[str, ...] = ("val", "test")) -> nn.ModuleDict:

@@ -178,7 +178,9 @@ class DPOModule(LightFTModule):
         for batch in datamodule.ordered_dataloader(split, rank, world):
             batch = self.transfer_batch_to_device(batch, self.device, 0)
             reference = self.live_reference_logps(batch)
-            values[batch["index"]] = torch.stack([reference.chosen, reference.rejected], dim=1).float()
+            mine = batch["index"] % world == rank  # padding batches (equal counts on every rank) repeat items
+            pairs = torch.stack([reference.chosen, reference.rejected], dim=1).float()
+            values[batch["index"][mine]] = pairs[mine]
         if world > 1:
             values = self.trainer.strategy.reduce(values, reduce_op="sum")  # each pair was computed by one rank
         rank_zero_info(f"reference log-probs precomputed for {len(values)} {split} pairs")

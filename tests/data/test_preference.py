@@ -171,3 +171,16 @@ def test_prompt_datamodule_left_pads_prompts_and_carries_references(tmp_path, ti
     assert mask[short, 0] == 0 and (batch["input_ids"][short][mask[short] == 0] == tokenizer.pad_token_id).all()
     assert batch["reference"] == ["", ""]
     assert torch.equal(batch["index"].sort().values, torch.tensor([0, 1]))
+
+
+def test_ordered_dataloader_gives_every_rank_as_many_batches(tmp_path, tiny_spec):
+    rows = pair_rows() * 3  # 6 pairs, 3 ranks hold 2 each; 5 pairs leave the last rank 1
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows[:5])
+    data = PreferenceDataModule(train=str(path), tokenizer=tiny_spec, max_length=64, batch_size=1)
+    data.setup("fit")
+    seen = []
+    for rank in range(3):
+        batches = list(data.ordered_dataloader("train", rank, 3))
+        assert len(batches) == 2, rank  # ceil(ceil(5 / 3) / 1)
+        seen += [int(i) for b in batches for i in b["index"] if i % 3 == rank]
+    assert sorted(set(seen)) == list(range(5))

@@ -63,3 +63,23 @@ class ReplicaCheck(pl.Callback):
         if trainer.is_global_zero:
             spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
             torch.save({"spread": spread, "numel": flat.numel()}, self.path)
+
+
+class ShardReport(pl.Callback):
+    """At the start of fit, writes to `path` (rank 0) per parameter class: how many are sharded (DTensor), and the
+    elements held locally vs in full."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        report: dict[str, dict[str, int]] = {}
+        for layer in module.modules():
+            for name, param in layer.named_parameters(recurse=False):
+                kind = "Params4bit" if type(layer).__name__ == "Linear4bit" and name == "weight" else "other"
+                entry = report.setdefault(kind, {"sharded": 0, "local": 0, "full": 0})
+                entry["sharded"] += int(hasattr(param, "to_local"))
+                entry["local"] += (param.to_local() if hasattr(param, "to_local") else param).numel()
+                entry["full"] += param.numel()
+        if trainer.is_global_zero:
+            torch.save(report, self.path)
