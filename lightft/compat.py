@@ -65,11 +65,11 @@ def _precision_dtype(precision: str | None) -> str:
 
 def check_strategy(module: Any, trainer: Any) -> None:
     """The strategy part of the checks, from an instantiated (not yet set up) trainer."""
-    from lightft.strategies import strategy_kind
+    from lightft.strategies import strategy_kind, zero_stage
 
     strategy = trainer.strategy
     kind = strategy_kind(strategy)
-    stage = getattr(strategy, "stage", None) if kind == "deepspeed" else None
+    stage = zero_stage(strategy) if kind == "deepspeed" else None
     accelerator = "cpu" if type(trainer.accelerator).__name__ == "CPUAccelerator" else "gpu"
     method = next((c.__name__ for c in type(module).__mro__ if c.__module__.startswith("lightft.modules")), "")
     message = strategy_conflict(method, module.peft, kind, stage, accelerator, str(trainer.precision))
@@ -158,10 +158,9 @@ def compatibility_markdown() -> str:
     for label, peft in _peft_rows():
         lines.append(f"| {label} | " + " | ".join(cell("SFTModule", peft, k, s) for _, k, s in STRATEGY_COLUMNS) + " |")
     lines += ["", "## Method × distributed strategy (LoRA)", "", header]
+    lora = _peft_rows()[0][1]
     for method in ("SFTModule", "RewardModelModule", "DPOModule", "PPOModule"):
-        from lightft.peft import LoRA
-
-        row = " | ".join(cell(method, LoRA(), k, s) for _, k, s in STRATEGY_COLUMNS)
+        row = " | ".join(cell(method, lora, k, s) for _, k, s in STRATEGY_COLUMNS)
         lines.append(f"| {method} | {row} |")
     lines += ["", "## Why not", ""]
     lines += [f"{i}. {message}" for i, message in enumerate(notes, 1)]
@@ -170,7 +169,7 @@ def compatibility_markdown() -> str:
         "## Other checks",
         "",
         "- FSDP and DeepSpeed on `accelerator: cpu` fail with: "
-        + strategy_conflict("SFTModule", _peft_rows()[0][1], "fsdp", None, "cpu", None),  # type: ignore[operator]
+        f"{strategy_conflict('SFTModule', lora, 'fsdp', None, 'cpu', None)}",
         "- Prompt-style strategies (virtual tokens) refuse `packing: true`; strategies that cannot recompute",
         "  activations refuse `gradient_checkpointing: true`; each PEFT strategy checks its target modules on a",
         "  meta-device copy of the model; methods check their data module (e.g. PPO needs `PromptDataModule`).",

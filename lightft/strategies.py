@@ -15,8 +15,8 @@ shard those, and keep checkpoints to the trainable weights.
 - `FSDP2`: per-parameter sharding (`fully_shard`) of each decoder layer, then each top-level sub-model, through
   Lightning's `ModelParallelStrategy`; runs on CPU with gloo. Works with 4-bit QLoRA bases: bitsandbytes restores a
   gathered weight's quantization state from its layer.
-- `DeepSpeed`: ZeRO stage 1/2/3 with optional optimizer / parameter CPU offload; the DeepSpeed config is built from
-  these arguments and a raw DeepSpeed JSON (`config`) may override any of it.
+- `DeepSpeed`: ZeRO stage 1/2/3 with optional optimizer / parameter CPU offload; Lightning builds the DeepSpeed
+  config from these arguments and a raw DeepSpeed JSON (`config`) may override any of it.
 """
 
 from __future__ import annotations
@@ -153,7 +153,6 @@ class FSDP(FSDPStrategy):
             process_group_backend=process_group_backend,
             timeout=_timeout(timeout_minutes),
         )
-        self.sharding = sharding
 
     def setup(self, trainer: Any) -> None:
         """Set the wrap policy from the loaded model's decoder-layer classes, then wrap."""
@@ -333,40 +332,6 @@ def _reshards_after_forward(unit: nn.Module) -> bool:
     return any(group.post_forward_mesh_info is not None for group in groups)
 
 
-def deepspeed_config(
-    stage: int,
-    offload_optimizer: bool,
-    offload_parameters: bool,
-    pin_memory: bool,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The DeepSpeed config of a ZeRO stage and offload choice, with `overrides` (raw DeepSpeed JSON) merged on top.
-
-    Batch sizes, gradient clipping and precision are left for Lightning to fill from the trainer.
-    """
-    zero: dict[str, Any] = {
-        "stage": stage,
-        "contiguous_gradients": True,
-        "overlap_comm": True,
-        "allgather_partitions": True,
-        "reduce_scatter": True,
-        "allgather_bucket_size": 200_000_000,
-        "reduce_bucket_size": 200_000_000,
-    }
-    if offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
-    if offload_parameters:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": pin_memory}
-    if stage == 3:
-        zero.update(
-            stage3_gather_16bit_weights_on_model_save=True,  # a consolidated model on save, not only shards
-            stage3_prefetch_bucket_size=50_000_000,
-            stage3_param_persistence_threshold=100_000,
-        )
-    config = {"zero_optimization": zero, "zero_allow_untested_optimizer": True}
-    return _merge(config, overrides or {})
-
-
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
@@ -401,7 +366,7 @@ class DeepSpeed(DeepSpeedStrategy):
         offload_optimizer: Optimizer states (and the step) in CPU memory.
         offload_parameters: Parameters in CPU memory between uses (stage 3 only).
         pin_memory: Pin the offloaded CPU buffers (faster transfers, more host memory).
-        config: A raw DeepSpeed JSON (path or mapping) merged over the config these arguments build.
+        config: A raw DeepSpeed JSON (path or mapping) merged over the config Lightning builds from these arguments.
         process_group_backend: `nccl` (GPU); default picks by accelerator.
         timeout_minutes: How long a collective may wait before the job fails.
     """
@@ -418,32 +383,28 @@ class DeepSpeed(DeepSpeedStrategy):
     ) -> None:
         if offload_parameters and stage != 3:
             raise LightFTError(f"{KEY}.init_args.offload_parameters: needs stage: 3 (got stage: {stage}).")
-        built = deepspeed_config(stage, offload_optimizer, offload_parameters, pin_memory, read_deepspeed_json(config))
         super().__init__(
-            config=built,
+            stage=stage,
+            offload_optimizer=offload_optimizer,
+            offload_parameters=offload_parameters,
+            pin_memory=pin_memory,
             exclude_frozen_parameters=True,
             process_group_backend=process_group_backend,
             timeout=_timeout(timeout_minutes),
         )
-        self.stage, self.offload_optimizer, self.offload_parameters = stage, offload_optimizer, offload_parameters
+        # Lightning built the config from these arguments; add a consolidated 16-bit save (ZeRO-3), then the raw JSON
+        if stage == 3:
+            self.config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+        self.config = _merge(self.config, read_deepspeed_json(config) or {})
 
 
-PRESETS = {"ddp": DDP, "fsdp": FSDP, "fsdp2": FSDP2, "deepspeed": DeepSpeed}
+def zero_stage(strategy: DeepSpeedStrategy) -> int:
+    """The ZeRO stage a DeepSpeed strategy will run (its config, raw JSON included), 0 without ZeRO."""
+    return int(strategy.config.get("zero_optimization", {}).get("stage", 0))
 
 
 def strategy_kind(strategy: Any) -> str:
-    """`single`, `ddp`, `fsdp`, `fsdp2`, `deepspeed` or `other` for a trainer's strategy (object or name)."""
-    if strategy is None:
-        return "single"
-    if isinstance(strategy, str):
-        name = strategy.lower()
-        if name.startswith("deepspeed"):
-            return "deepspeed"
-        if name.startswith("fsdp"):
-            return "fsdp"
-        if name.startswith("ddp"):
-            return "ddp"
-        return "single" if name in ("auto", "single_device") else "other"
+    """`single`, `ddp`, `fsdp`, `fsdp2` or `deepspeed` for a trainer's strategy object."""
     for kind, cls in (("fsdp2", ModelParallelStrategy), ("fsdp", FSDPStrategy), ("deepspeed", DeepSpeedStrategy)):
         if isinstance(strategy, cls):
             return kind

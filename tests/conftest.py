@@ -61,3 +61,20 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def chat(user: str, assistant: str) -> dict:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+def cpu_trainer(tmp_path: Path, **kwargs):
+    """A quiet one-process CPU Trainer writing under `tmp_path` (no logger, no checkpoints unless asked)."""
+    import lightning.pytorch as pl
+
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})

@@ -54,10 +54,11 @@ def fit(tmp_path, method: str, strategy: str, *extra: str, steps: int = 3, read:
     return out
 
 
-def traced(tmp_path, method: str, strategy: str) -> dict:
+def traced(tmp_path, method: str, strategy: str, *extra: str) -> dict:
+    """`fit` that also records the first step's gradients and every step's loss."""
     out = tmp_path / f"{method or '_sft'}-{strategy}"
     return fit(
-        tmp_path, method, strategy,
+        tmp_path, method, strategy, *extra,
         "--trainer.callbacks+=tests.helpers.callbacks.GradientDump", f"--trainer.callbacks.path={out}-grads.pt",
         "--trainer.callbacks+=tests.helpers.callbacks.LossTrace", f"--trainer.callbacks.path={out}-losses.pt",
     )  # fmt: skip
@@ -96,14 +97,9 @@ def test_qlora_under_fsdp2_equals_one_rank(tmp_path):
     of a gathered weight from its layer, so 2 ranks compute what 1 rank does."""
     peft = "--model.init_args.peft"
     qlora = [peft, "lightft.peft.QLoRA", f"{peft}.init_args.quant_storage", "float32"]
-    runs = {}
-    for strategy in ("single", "fsdp2"):
-        out = tmp_path / f"_sft-{strategy}"
-        runs[strategy] = fit(
-            tmp_path, "", strategy, *qlora,
-            "--trainer.callbacks+=tests.helpers.callbacks.GradientDump", f"--trainer.callbacks.path={out}-grads.pt",
-            "--trainer.callbacks+=tests.helpers.callbacks.ShardReport", f"--trainer.callbacks.path={out}-shards.pt",
-        )  # fmt: skip
+    shards = ["--trainer.callbacks+=tests.helpers.callbacks.ShardReport",
+              f"--trainer.callbacks.path={tmp_path / '_sft-fsdp2'}-shards.pt"]  # fmt: skip
+    runs = {"single": traced(tmp_path, "", "single", *qlora), "fsdp2": traced(tmp_path, "", "fsdp2", *qlora, *shards)}
     assert_same_tensors(runs["fsdp2"]["grads"], runs["single"]["grads"], rtol=1e-5, atol=1e-6)
     assert_same_tensors(runs["fsdp2"]["weights"], runs["single"]["weights"], rtol=0, atol=2e-5)
     shards = torch.load(tmp_path / "_sft-fsdp2-shards.pt", weights_only=True)
@@ -121,13 +117,7 @@ def test_precomputed_reference_under_fsdp2_with_uneven_shares(tmp_path):
         "--trainer.val_check_interval",
         "2",
     ]
-    runs = {}
-    for strategy in ("single", "fsdp2"):
-        out = tmp_path / f"_dpo-{strategy}"
-        runs[strategy] = fit(
-            tmp_path, "_dpo", strategy, *extra,
-            "--trainer.callbacks+=tests.helpers.callbacks.GradientDump", f"--trainer.callbacks.path={out}-grads.pt",
-        )  # fmt: skip
+    runs = {strategy: traced(tmp_path, "_dpo", strategy, *extra) for strategy in ("single", "fsdp2")}
     assert_same_tensors(runs["fsdp2"]["grads"], runs["single"]["grads"], rtol=1e-5, atol=1e-6)
     assert_same_tensors(runs["fsdp2"]["weights"], runs["single"]["weights"], rtol=0, atol=2e-5)
 

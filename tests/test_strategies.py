@@ -19,9 +19,9 @@ from lightft.strategies import (
     DeepSpeed,
     decoder_layer_classes,
     decoder_layers,
-    deepspeed_config,
     fsdp_wrap_policy,
     strategy_kind,
+    zero_stage,
 )
 from tests.conftest import ROOT
 from tests.test_cli import fit_fails
@@ -70,12 +70,12 @@ def test_fsdp2_preset():
     ("stage", "offload_optimizer", "offload_parameters"), [(1, False, False), (2, True, False), (3, True, True)]
 )
 def test_deepspeed_config_per_stage(stage, offload_optimizer, offload_parameters):
-    config = deepspeed_config(stage, offload_optimizer, offload_parameters, pin_memory=True)
-    zero = config["zero_optimization"]
-    assert zero["stage"] == stage
+    strategy = DeepSpeed(stage, offload_optimizer, offload_parameters, pin_memory=True)
+    zero = strategy.config["zero_optimization"]
+    assert zero["stage"] == zero_stage(strategy) == stage
     assert ("offload_optimizer" in zero) == offload_optimizer and ("offload_param" in zero) == offload_parameters
     if offload_optimizer:
-        assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+        assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_optimizer"]["pin_memory"] is True
     assert zero.get("stage3_gather_16bit_weights_on_model_save", False) == (stage == 3)
 
 
@@ -86,6 +86,7 @@ def test_deepspeed_preset_merges_a_raw_json(tmp_path):
     assert isinstance(strategy, DeepSpeedStrategy) and strategy_kind(strategy) == "deepspeed"
     zero = strategy.config["zero_optimization"]
     assert zero["stage"] == 3 and zero["reduce_bucket_size"] == 5 and zero["offload_optimizer"]["device"] == "cpu"
+    assert zero_stage(DeepSpeed(stage=2, config={"zero_optimization": {"stage": 3}})) == 3
     assert strategy.config["wall_clock_breakdown"] is True and strategy.exclude_frozen_parameters
 
 

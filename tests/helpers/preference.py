@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 
 from lightft import PreferenceDataModule
 from lightft.data.sources import DatasetSpec
-from tests.conftest import write_jsonl
+from tests.conftest import cpu_trainer, write_jsonl
 
 GOOD = ["apple", "banana", "cherry", "grape", "lemon", "mango"]
 BAD = ["zebra", "yak", "walrus", "vulture", "urchin", "tiger"]
@@ -41,18 +41,8 @@ def pair_data(tmp_path: Path, spec, n_train: int = 64, n_val: int = 32, batch_si
 
 
 def trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    """`cpu_trainer` without the sanity validation pass."""
+    return cpu_trainer(tmp_path, **{"num_sanity_val_steps": 0, **kwargs})
 
 
 class MetricLog(pl.Callback):

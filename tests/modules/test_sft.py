@@ -9,6 +9,7 @@ from lightft.errors import LightFTError
 from lightft.optim import OptimizerConfig, SchedulerConfig
 from lightft.peft import FullFineTune, LoRA
 from tests.conftest import QUICKSTART
+from tests.conftest import cpu_trainer as trainer
 
 
 def datamodule(spec, batch_size=4, packing=False, n=32, **kwargs):
@@ -20,20 +21,6 @@ def datamodule(spec, batch_size=4, packing=False, n=32, **kwargs):
         packing=packing,
         **kwargs,
     )
-
-
-def trainer(tmp_path, **kwargs):
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
 
 
 class GradCapture(pl.Callback):
