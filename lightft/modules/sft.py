@@ -95,7 +95,9 @@ class SFTModule(LightFTModule):
     def on_validation_epoch_end(self) -> None:
         """Perplexity of the validation set."""
         if self.val_loss.update_called:
-            self.log("val/ppl", torch.exp(self.val_loss.compute()))
+            # compute() already reduced over ranks, so every rank logs the same value; mean-syncing it is a no-op
+            # that tells Lightning the epoch-level value is global
+            self.log("val/ppl", torch.exp(self.val_loss.compute()), sync_dist=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Generate a completion per prompt: `{index, completion, reference}`."""

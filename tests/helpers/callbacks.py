@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning.pytorch as pl
 import torch
 
@@ -83,3 +85,24 @@ class ShardReport(pl.Callback):
                 entry["full"] += param.numel()
         if trainer.is_global_zero:
             torch.save(report, self.path)
+
+
+class Pace(pl.Callback):
+    """Sleeps `seconds` after each training batch (so a test can signal a run mid-training) and appends to `path`
+    (rank 0) the step each run starts from (`start N`) and each global step reached, for the test to watch."""
+
+    def __init__(self, seconds: float, path: str) -> None:
+        self.seconds = seconds
+        self.path = path
+
+    def _write(self, trainer: pl.Trainer, line: str) -> None:
+        if trainer.is_global_zero:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._write(trainer, f"start {trainer.global_step}")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        self._write(trainer, str(trainer.global_step))
+        time.sleep(self.seconds)
