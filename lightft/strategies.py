@@ -16,7 +16,8 @@ shard those, and keep checkpoints to the trainable weights.
   Lightning's `ModelParallelStrategy`; runs on CPU with gloo. Works with 4-bit QLoRA bases: bitsandbytes restores a
   gathered weight's quantization state from its layer.
 - `DeepSpeed`: ZeRO stage 1/2/3 with optional optimizer / parameter CPU offload; Lightning builds the DeepSpeed
-  config from these arguments and a raw DeepSpeed JSON (`config`) may override any of it.
+  config from these arguments and a raw DeepSpeed JSON (`config`) may override any of it. On GPUs, and on CPU
+  through DeepSpeed's CPU accelerator (gloo), which Lightning's strategy refuses and this preset allows.
 """
 
 from __future__ import annotations
@@ -356,10 +357,14 @@ def read_deepspeed_json(config: str | dict[str, Any] | None) -> dict[str, Any] |
 
 
 class DeepSpeed(DeepSpeedStrategy):
-    """DeepSpeed ZeRO-1/2/3 with optional CPU offload of optimizer states and (stage 3) parameters. GPU only.
+    """DeepSpeed ZeRO-1/2/3 with optional CPU offload of optimizer states and (stage 3) parameters.
 
     Checkpoints leave the frozen base out (`exclude_frozen_parameters`). QLoRA runs under ZeRO-1/2; under ZeRO-3 the
-    compatibility check refuses it (bitsandbytes' 4-bit weights cannot be partitioned by `zero.Init`).
+    compatibility check refuses it (bitsandbytes' 4-bit weights cannot be partitioned by `zero.Init`). Under ZeRO-3
+    transformers is told (`HfDeepSpeedConfig`) so that it builds and loads the base model partitioned.
+
+    On `accelerator: cpu` it runs on DeepSpeed's CPU accelerator with gloo (what the CPU tests use); Lightning's
+    `DeepSpeedStrategy` alone refuses anything but CUDA.
 
     Args:
         stage: ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also parameters.
@@ -396,6 +401,55 @@ class DeepSpeed(DeepSpeedStrategy):
         if stage == 3:
             self.config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
         self.config = _merge(self.config, read_deepspeed_json(config) or {})
+        self._hf_deepspeed_config: Any = None
+
+    @property
+    def _on_cpu(self) -> bool:
+        return self.parallel_devices is not None and self.parallel_devices[0].type == "cpu"
+
+    @property
+    def root_device(self) -> torch.device:
+        """On CPU an indexed device: DeepSpeed takes the device's index as its rank on the machine."""
+        device = super().root_device
+        return torch.device("cpu", 0) if device.type == "cpu" else device
+
+    def setup_environment(self) -> None:
+        """Lightning's CUDA-only check, except on CPU where DeepSpeed's own CPU accelerator must be the one in use."""
+        if not self._on_cpu:
+            return super().setup_environment()
+        from deepspeed.accelerator import get_accelerator
+
+        if get_accelerator().device_name() != "cpu":
+            raise LightFTError(
+                f"{KEY}: DeepSpeed on accelerator: cpu needs DeepSpeed's CPU accelerator, but it picked "
+                f"'{get_accelerator().device_name()}'; set DS_ACCELERATOR=cpu in the environment."
+            )
+        return super(DeepSpeedStrategy, self).setup_environment()
+
+    def setup_distributed(self) -> None:
+        """As Lightning's, without its check of GPU indices on CPU."""
+        if not self._on_cpu:
+            return super().setup_distributed()
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    @contextmanager
+    def model_sharded_context(self) -> Iterator[None]:
+        """ZeRO-3: transformers builds and loads the base model partitioned (`zero.Init` of its own).
+
+        The rest of `configure_model` (PEFT adapters, heads) runs outside `zero.Init`, so their initialisation
+        (e.g. LoRA's B = 0) happens on whole tensors, and DeepSpeed partitions them when the engine starts.
+        Lightning's context would wrap it all, and adapters created partitioned would skip their initialisation.
+        """
+        self._init_config_if_needed()
+        if self.zero_stage_3 and self._hf_deepspeed_config is None:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)  # transformers keeps a weak reference
+        yield
 
 
 def zero_stage(strategy: DeepSpeedStrategy) -> int:

@@ -16,6 +16,8 @@ import sys
 import pytest
 import torch
 
+from lightft.checkpoints import read_checkpoint
+from lightft.commands.export import load_exported
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -24,6 +26,8 @@ OVERLAYS = {
     "single": [],
     "ddp": ["--config", "configs/trainer/cpu2.yaml", "--config", "configs/trainer/ddp.yaml"],
     "fsdp2": ["--config", "configs/trainer/cpu2.yaml", "--config", "configs/trainer/fsdp2.yaml"],
+    "zero2": ["--config", "configs/trainer/cpu2.yaml", "--config", "configs/trainer/deepspeed_zero2.yaml"],
+    "zero3": ["--config", "configs/trainer/cpu2.yaml", "--config", "configs/trainer/deepspeed_zero3.yaml"],
 }
 BATCH = {"": 4, "_rm": 4, "_dpo": 4, "_ppo": 8, "_grpo": 2}  # per device in the recipe; halved on 2 ranks
 
@@ -46,7 +50,7 @@ def fit(tmp_path, method: str, strategy: str, *extra: str, steps: int = 3, read:
     assert result.returncode == 0, result.stderr[-4000:]
     if not read:
         return {}
-    out = {"weights": torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]}
+    out = {"weights": read_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")["state_dict"]}
     for file in ("grads", "losses", "replicas"):
         path = tmp_path / f"{name}-{file}.pt"
         if path.exists():
@@ -54,12 +58,12 @@ def fit(tmp_path, method: str, strategy: str, *extra: str, steps: int = 3, read:
     return out
 
 
-def traced(tmp_path, method: str, strategy: str, *extra: str) -> dict:
-    """`fit` that also records the first step's gradients and every step's loss."""
+def traced(tmp_path, method: str, strategy: str, *extra: str, grads: bool = True) -> dict:
+    """`fit` that also records every step's loss and (`grads`) the first step's gradients."""
     out = tmp_path / f"{method or '_sft'}-{strategy}"
+    dump = ["--trainer.callbacks+=tests.helpers.callbacks.GradientDump", f"--trainer.callbacks.path={out}-grads.pt"]
     return fit(
-        tmp_path, method, strategy, *extra,
-        "--trainer.callbacks+=tests.helpers.callbacks.GradientDump", f"--trainer.callbacks.path={out}-grads.pt",
+        tmp_path, method, strategy, *extra, *(dump if grads else []),
         "--trainer.callbacks+=tests.helpers.callbacks.LossTrace", f"--trainer.callbacks.path={out}-losses.pt",
     )  # fmt: skip
 
@@ -80,6 +84,24 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(tmp_path, method):
         assert len(two["losses"]) == len(one["losses"]) == 3
         torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
         assert_same_tensors(two["weights"], one["weights"], rtol=0, atol=2e-5)  # the exported adapter's tensors
+
+
+@pytest.mark.parametrize(("method", "stages"), [("", ("zero2", "zero3")), ("_dpo", ("zero3",))], ids=["sft", "dpo"])
+def test_deepspeed_zero_on_two_ranks_equals_one_rank(tmp_path, tiny_weights_dir, method, stages):
+    """DeepSpeed ZeRO-2/3 on 2 CPU ranks (DeepSpeed's CPU accelerator, gloo): the step losses and the weights
+    consolidated from the ZeRO partitions by `lightft export` equal 1 process. DeepSpeed keeps gradients in its own
+    partitioned buffers, so they are compared through the weights. The base comes from disk: under ZeRO-3
+    transformers initializes a random model partitioned, from other random draws than 1 process."""
+    saved = ["--model.init_args.model.path", str(tiny_weights_dir), "--model.init_args.model.random_init", "false"]
+    one = traced(tmp_path, method, "single", *saved, grads=False)
+    for strategy in stages:
+        two = traced(tmp_path, method, strategy, *saved, grads=False)
+        assert two["replicas"]["spread"] == 0.0, strategy
+        torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+        assert_same_tensors(two["weights"], one["weights"], rtol=0, atol=2e-5)
+    ckpt = tmp_path / f"{method or '_sft'}-zero3" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_dir()  # one partition per rank: exported in one process from DeepSpeed's fp32 partitions
+    assert_exports(ckpt, tmp_path / "exported", two["weights"])
 
 
 @pytest.mark.parametrize("method", ["_ppo", "_grpo"], ids=["ppo", "grpo"])
@@ -133,3 +155,15 @@ def test_fsdp2_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, sharded):
     assert ckpt.is_dir() == sharded
     resumed = fit(tmp_path / "resumed", "", "fsdp2", "--ckpt_path", str(ckpt), steps=4)
     assert_same_tensors(resumed["weights"], straight["weights"], rtol=0, atol=1e-6)
+    if sharded:  # the shard directory also exports, in one process, to an adapter holding the same weights
+        assert_exports(ckpt, tmp_path / "exported", read_checkpoint(ckpt)["state_dict"])
+
+
+def assert_exports(ckpt, out, weights: dict) -> None:
+    """`lightft export` of `ckpt` writes a peft adapter that reloads with exactly `weights` (LoRA tensors)."""
+    export = [sys.executable, "-m", "lightft.cli", "export", "--ckpt", str(ckpt), "--out", str(out)]
+    result = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, _ = load_exported(out)
+    exported = {f"model.{n}": p for n, p in model.named_parameters() if "lora_" in n}
+    assert_same_tensors(exported, weights, rtol=0, atol=0)

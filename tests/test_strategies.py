@@ -103,8 +103,8 @@ def test_deepspeed_preset_errors(tmp_path):
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_overlay_composes_with_a_recipe(overlay, monkeypatch):
-    """Strategy overlays instantiate on 2 CPU processes (FSDP / DeepSpeed: refused there by the check, as they
-    must be); hardware overlays parse (GPU ones with the accelerator overridden, no GPU here)."""
+    """Strategy overlays instantiate on 2 CPU processes (FSDP v1: refused there by the check, as it must be);
+    hardware overlays parse (GPU ones with the accelerator overridden, no GPU here)."""
     monkeypatch.chdir(ROOT)
     trainer = yaml.safe_load(overlay.read_text())["trainer"]
     args = ["--config", "configs/debug/tiny.yaml", "--config", "configs/trainer/cpu2.yaml", "--config", str(overlay)]
@@ -113,7 +113,7 @@ def test_overlay_composes_with_a_recipe(overlay, monkeypatch):
         cli = LightFTCLI(args=args, run=False)
         assert cli.trainer.num_devices == trainer["devices"] and cli.trainer.num_nodes == trainer.get("num_nodes", 1)
         return
-    if trainer["strategy"]["class_path"] in ("lightft.strategies.FSDP", "lightft.strategies.DeepSpeed"):
+    if trainer["strategy"]["class_path"] == "lightft.strategies.FSDP":
         with pytest.raises(LightFTError, match="runs on GPUs only"):
             LightFTCLI(args=args, run=False)
         return
@@ -141,6 +141,7 @@ def test_possible_combinations_pass():
         assert strategy_conflict("SFTModule", peft.QLoRA(), kind, stage, "gpu", "bf16-mixed") is None
     assert strategy_conflict("SFTModule", peft.QLoRA(quant_storage="bfloat16"), "fsdp", None, "gpu", "bf16") is None
     assert strategy_conflict("PPOModule", peft.LoRA(), "fsdp2", None, "cpu", "32-true") is None
+    assert strategy_conflict("DPOModule", peft.LoRA(), "deepspeed", 3, "cpu", "32-true") is None
 
 
 def test_cli_refuses_fsdp_on_cpu_before_loading(tmp_path, capsys):

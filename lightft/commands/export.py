@@ -21,6 +21,7 @@ from lightning.pytorch.cli import instantiate_module
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lightft.checkpoints import read_checkpoint
 from lightft.errors import LightFTError
 from lightft.models.loading import ModelSpec, load_model, load_tokenizer, savable
 from lightft.modules.base import LightFTModule, _plain
@@ -30,11 +31,9 @@ HEAD_FILE = "score.safetensors"  # a reward head the PEFT strategy's own format 
 
 
 def load_trained(ckpt: str | Path, quantize: bool = True) -> LightFTModule:
-    """Rebuild the module a checkpoint was written by, with its trained weights, in eval mode."""
+    """Rebuild the module a checkpoint was written by (any strategy), with its trained weights, in eval mode."""
     path = Path(ckpt)
-    if not path.is_file():
-        raise LightFTError(f"--ckpt: checkpoint '{path}' not found; runs keep them in <run dir>/checkpoints/.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)  # a file, FSDP2 shards or a DeepSpeed directory
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     hparams.pop("_instantiator", None)  # Lightning's marker for load_from_checkpoint, not an init argument
     if "_class_path" not in hparams:
@@ -76,7 +75,8 @@ def export(
     """Export a lightft checkpoint as a peft adapter directory or, with --merge true, a merged model.
 
     Args:
-        ckpt: A checkpoint written by `lightft fit` (e.g. runs/x/checkpoints/last.ckpt).
+        ckpt: A checkpoint written by `lightft fit` (e.g. runs/x/checkpoints/last.ckpt): a file, or the directory
+            FSDP2 (sharded) or DeepSpeed writes.
         out: Output directory (must not exist or be empty unless --overwrite true).
         merge: Fold the adapter into the base and save a full model.
         dtype: Dtype of the saved weights (merged export), `keep` saves them as trained.

@@ -99,7 +99,7 @@ class LightFTModule(pl.LightningModule):
         base = load_model(
             self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY, head=self.model_head
         )
-        model = self.peft.apply(base)
+        model = apply_seeded(self.peft, base)
         if self.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
             model.config.use_cache = False
@@ -153,6 +153,18 @@ class LightFTModule(pl.LightningModule):
         if "state_dict" not in checkpoint:
             return  # a sharding strategy (FSDP2) loaded the weights itself and checked their keys
         check_trainable_keys(self, checkpoint["state_dict"], "the checkpoint")
+
+
+def apply_seeded(peft: Any, base: nn.Module) -> nn.Module:
+    """`peft.apply(base)` with the random state the run was seeded with (`seed_everything`), restored afterwards.
+
+    New weights (LoRA's A, prompt embeddings, ...) start the same whatever building the base consumed (a loaded or
+    random base, ZeRO-3's partitioned construction), so every strategy trains the same initial adapter.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(torch.initial_seed())
+        return peft.apply(base)
 
 
 def eval_means(names: tuple[str, ...], stages: tuple[str, ...] = ("val", "test")) -> nn.ModuleDict:

@@ -58,10 +58,10 @@ def capability(strategy: object, name: str) -> bool:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 4-bit weights count their logical size."""
+    """(trainable, total) parameter counts; 4-bit weights count their logical size, ZeRO-3 partitions the whole."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel()
+        n = getattr(param, "ds_numel", None) or param.numel()
         if param.__class__.__name__ == "Params4bit":
             n *= 2  # two 4-bit values per stored byte
         total += n

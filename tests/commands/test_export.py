@@ -96,3 +96,13 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lightft: error: --ckpt: checkpoint") and "\n" not in err
+
+
+def test_an_unknown_checkpoint_directory_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt", str(tmp_path / "run" / "checkpoints"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "neither FSDP2 shards (.metadata) nor a DeepSpeed checkpoint (latest)" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import lightning.pytorch as pl
 import torch
@@ -55,11 +56,14 @@ class ReplicaCheck(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         import torch.distributed as dist
 
-        tensors = []
-        for _, param in sorted(module.named_parameters()):
-            if param.requires_grad:
-                tensors.append(_full(param).detach().float().flatten())
-        flat = torch.cat(tensors)
+        params = [param for _, param in sorted(module.named_parameters()) if param.requires_grad]
+        gathered_zero3 = nullcontext()
+        if any(hasattr(param, "ds_id") for param in params):  # DeepSpeed ZeRO-3 partitions: gather them whole
+            import deepspeed
+
+            gathered_zero3 = deepspeed.zero.GatheredParameters(params)
+        with gathered_zero3:
+            flat = torch.cat([_full(param).detach().float().flatten() for param in params])
         gathered = [torch.zeros_like(flat) for _ in range(trainer.world_size)]
         dist.all_gather(gathered, flat)
         if trainer.is_global_zero:
