@@ -1,4 +1,7 @@
-"""Commands beside LightningCLI's: `lightft export` and `lightft generate` (typed by jsonargparse from signatures)."""
+"""Commands beside LightningCLI's: `lightft estimate`, `export` and `generate`.
+
+`export` and `generate` are typed by jsonargparse from their signatures; `estimate` reads `lightft fit`'s arguments.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ from jsonargparse import auto_cli
 
 def run_command(name: str, args: list[str]) -> None:
     """Parse `args` against the command's signature and run it."""
+    if name == "estimate":  # takes `lightft fit`'s config arguments, parsed by LightningCLI
+        from lightft.commands.estimate import main
+
+        return main(args)
     if name == "export":
         from lightft.commands.export import export as function
     else:

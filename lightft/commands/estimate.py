@@ -1,0 +1,175 @@
+"""`lightft estimate --config X.yaml`: peak memory per rank before launch, from the config alone (no weights load).
+
+Reads the same configs as `lightft fit` (recipe + trainer overlays), builds the model on the meta device and prints
+`lightft.memory`'s breakdown; `--json` for machines; `--gpu_memory` names the cheapest settings that fit.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from lightft.errors import LightFTError
+from lightft.memory import GIB, Estimate, Plan, estimate
+
+
+def plan_and_model(args: list[str]) -> tuple[Plan, Any, Any]:
+    """Parse a `lightft fit` command line into a Plan, the PEFT-wrapped meta-device model and its quantization."""
+    from lightft.cli import check_config_files
+    from lightft.models.loading import meta_model, torch_dtype
+    from lightft.modules.base import apply_seeded
+    from lightft.strategies import strategy_kind, zero_stage
+
+    check_config_files(args)
+    with warnings.catch_warnings():  # `args` given while sys.argv also holds them: intended here
+        warnings.filterwarnings("ignore", message=".*args parameter is intended")
+        cli = _parse_only_cli()(args=args, run=False)
+    module, data, trainer = cli.model, cli.datamodule, cli.config_init["trainer"]
+    strategy = trainer.get("strategy")
+    kind = strategy_kind(strategy) if not isinstance(strategy, str) else _named_kind(strategy)
+    stage = zero_stage(strategy) if kind == "deepspeed" and not isinstance(strategy, str) else 0
+    ds_zero = strategy.config.get("zero_optimization", {}) if stage else {}
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    devices = len(devices) if isinstance(devices, list) else devices
+    notes = ["activations assume every row is max_length tokens long (the worst case; packing's usual case)"]
+    if devices in ("auto", -1, "-1", None):
+        devices = 1
+        notes.append("trainer.devices is auto: estimated for 1 device per node (give --devices N)")
+    precision = str(trainer.get("precision") or "32-true")
+    accelerator = str(trainer.get("accelerator") or "auto")
+    method = _method(module)
+    batch, seq_len = int(getattr(data, "batch_size", 1)), int(getattr(data, "max_length", 512))
+    if method == "PPOModule":
+        new_tokens = int(getattr(getattr(module, "generation", None), "max_new_tokens", 0) or 0)
+        seq_len += new_tokens
+        notes.append("PPO: a training forward over prompt + max_new_tokens; generation's KV cache is not counted")
+    plan = Plan(
+        method=method,
+        batch_size=batch,
+        seq_len=seq_len,
+        precision=precision,
+        gradient_checkpointing=bool(module.gradient_checkpointing),
+        optimizer=module.optimizer_config.name,
+        strategy="single" if kind == "single" and int(devices) * int(nodes) == 1 else kind,
+        zero_stage=stage,
+        offload_optimizer=ds_zero.get("offload_optimizer", {}).get("device", "none") == "cpu",
+        offload_parameters=ds_zero.get("offload_param", {}).get("device", "none") == "cpu",
+        world_size=int(devices) * int(nodes),
+        accelerator="gpu"
+        if accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
+        else "cpu",
+        reference=getattr(module, "reference", None),
+        notes=notes,
+    )
+    dtype = torch_dtype(module.model_spec, precision)
+    quantization = module.peft.quantization_config(dtype) if hasattr(module.peft, "quantization_config") else None
+    model = meta_model(module.model_spec, key="model.init_args.model.path", head=module.model_head).to(dtype)
+    model = apply_seeded(module.peft, model)
+    return plan, model, quantization
+
+
+def _named_kind(name: str) -> str:
+    name = name.lower()
+    for kind in ("fsdp2", "fsdp", "deepspeed", "ddp"):
+        if name.startswith(kind):
+            return kind
+    return "single"
+
+
+def _method(module: Any) -> str:
+    from lightft import DPOModule, PPOModule, RewardModelModule
+
+    for cls in (DPOModule, PPOModule, RewardModelModule):
+        if isinstance(module, cls):
+            return cls.__name__
+    return "SFTModule"
+
+
+def _parse_only_cli() -> type:
+    from lightft.cli import LightFTCLI
+
+    class ParseOnly(LightFTCLI):
+        """Parses and instantiates the module, data module and strategy; no Trainer, no checks needing one."""
+
+        def instantiate_classes(self) -> None:
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.datamodule = self._get(self.config_init, "data")
+            self.model = self._get(self.config_init, "model")
+
+        def after_instantiate_classes(self) -> None:
+            return None
+
+    return ParseOnly
+
+
+def suggest(plan: Plan, model: Any, quantization: Any, gpu_memory_gib: float) -> list[tuple[str, Estimate]]:
+    """Cheaper variants of `plan` that fit `gpu_memory_gib` per GPU, cheapest change first."""
+    variants = [
+        ("as configured", plan),
+        ("gradient checkpointing on", replace(plan, gradient_checkpointing=True)),
+        ("8-bit AdamW", replace(plan, optimizer="adamw_8bit")),
+        ("gradient checkpointing + 8-bit AdamW", replace(plan, gradient_checkpointing=True, optimizer="adamw_8bit")),
+    ]
+    if plan.world_size > 1:
+        for label, kind, stage in (("FSDP2", "fsdp2", 0), ("DeepSpeed ZeRO-2", "deepspeed", 2),
+                                   ("DeepSpeed ZeRO-3", "deepspeed", 3)):  # fmt: skip
+            variants.append((f"{label} + gradient checkpointing", replace(plan, strategy=kind, zero_stage=stage,
+                                                                           gradient_checkpointing=True)))  # fmt: skip
+    half = replace(plan, gradient_checkpointing=True, batch_size=max(1, plan.batch_size // 2))
+    variants.append(("half the batch, gradient checkpointing", half))
+    fits = []
+    for label, variant in variants:
+        result = estimate(model, variant, quantization)
+        if result.total <= gpu_memory_gib * GIB:
+            fits.append((label, result))
+    return fits
+
+
+def main(args: list[str]) -> None:
+    """`lightft estimate [--config X.yaml ...] [--devices N] [--num_nodes M] [--json] [--gpu_memory GiB]`."""
+    args = list(args)
+    as_json = _flag(args, "--json")
+    gpu_memory = _option(args, "--gpu_memory", float)
+    devices = _option(args, "--devices", int)
+    nodes = _option(args, "--num_nodes", int)
+    if devices is not None:
+        args += ["--trainer.devices", str(devices)]
+    if nodes is not None:
+        args += ["--trainer.num_nodes", str(nodes)]
+    if not any(a in ("--config", "-c") for a in args):
+        raise LightFTError("--config: give the run's config: lightft estimate --config configs/<method>/<recipe>.yaml")
+    plan, model, quantization = plan_and_model(args)
+    result = estimate(model, plan, quantization)
+    print(result.to_json() if as_json else result.table())
+    if gpu_memory is not None and not as_json:
+        fits = suggest(plan, model, quantization, gpu_memory)
+        print(f"\nWithin {gpu_memory:g} GiB per GPU:")
+        if not fits:
+            print("  nothing tried fits: use QLoRA (lightft.peft.QLoRA), more GPUs, or a shorter max_length.")
+        for label, fit in fits[:3]:
+            print(f"  {label}: {fit.total / GIB:.2f} GiB")
+        if not fits:
+            sys.exit(1)
+
+
+def _flag(args: list[str], name: str) -> bool:
+    if name in args:
+        args.remove(name)
+        return True
+    return False
+
+
+def _option(args: list[str], name: str, kind: type) -> Any:
+    for i, word in enumerate(args):
+        if word == name or word.startswith(name + "="):
+            value = word.split("=", 1)[1] if "=" in word else (args[i + 1] if i + 1 < len(args) else None)
+            del args[i : i + (1 if "=" in word else 2)]
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                raise LightFTError(f"{name}: expected a {kind.__name__}, got {value!r}.") from None
+    return None

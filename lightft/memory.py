@@ -1,0 +1,322 @@
+"""Peak memory per rank, estimated from a config before anything loads (`lightft estimate`).
+
+The model is built on the meta device from its config (no weights, no memory). From it:
+
+- **weights**: every parameter at its dtype; a base quantized by the PEFT strategy (QLoRA, LoRA8bit) stores its
+  linear weights (not the output head) at 4 bits + the quantization constants (NF4/FP4: one fp32 absmax per block
+  of 64; double quantization: one byte per block + one fp32 per 256 blocks) or at 8 bits + one fp32 scale per row.
+- **gradients**: one per trainable parameter, at its dtype.
+- **optimizer**: AdamW keeps two states per trainable parameter at its dtype; the bitsandbytes 8-bit AdamWs one
+  byte each (+ one fp32 absmax per block of 256), except tensors under 4,096 elements, which keep 32-bit states.
+- **activations**: what autograd saves for backward in one training forward, traced on the meta device with the
+  run's batch and sequence length (each saved storage once). With gradient checkpointing only each decoder layer's
+  input is kept, plus one layer's activations while it is recomputed.
+- **logits**: the (batch, length, vocab) logits, the float32 copy the loss takes of them and its log-softmax, and
+  their gradients during backward.
+- **extra models**: DPO's frozen reference copy (full fine-tuning with `reference: live`).
+- **sharding** (per rank, `world` ranks): FSDP/FSDP2 shard weights, gradients and optimizer states and gather one
+  decoder layer at a time (two with prefetch); ZeRO-1 shards optimizer states, ZeRO-2 also gradients, ZeRO-3 also
+  weights; offloaded optimizer states / parameters move to host memory.
+- **runtime**: on GPUs the CUDA context and kernels (`CUDA_CONTEXT`, not part of `max_memory_allocated`).
+
+Assumptions are stated where they are made; `lightft bench` measures the same cells beside these numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+GIB = 2**30
+CUDA_CONTEXT = 0.5 * GIB  # CUDA context + cuBLAS/cuDNN workspaces of a training process (typical for torch 2.x)
+NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize (absmax per block)
+DQ_BLOCK = 256  # double quantization: blocks of absmax per second-level constant
+OPT8_BLOCK = 256  # bitsandbytes 8-bit optimizer blocksize
+OPT8_MIN_SIZE = 4096  # tensors smaller than this keep 32-bit optimizer states in bitsandbytes
+
+
+@dataclass
+class Plan:
+    """Everything the estimate depends on, read from a config (`plan_from_config`)."""
+
+    method: str = "SFTModule"
+    batch_size: int = 1
+    seq_len: int = 512
+    precision: str = "32-true"
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"
+    strategy: str = "single"  # single, ddp, fsdp, fsdp2, deepspeed
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+    world_size: int = 1
+    accelerator: str = "gpu"
+    reference: str | None = None  # DPO: live / precomputed
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParamCounts:
+    """Parameters of the PEFT-wrapped model, by what memory they take."""
+
+    frozen: dict[str, int] = field(default_factory=dict)  # dtype name -> elements (unquantized frozen weights)
+    quantized: int = 0  # elements of quantized linear weights
+    quantized_rows: int = 0  # output rows of those weights (8-bit: one scale per row)
+    trainable: dict[str, int] = field(default_factory=dict)  # dtype name -> elements
+    trainable_small: int = 0  # trainable elements in tensors under OPT8_MIN_SIZE
+    layer_params: int = 0  # elements of the largest decoder layer (what FSDP/ZeRO-3 gathers at once)
+    layers: int = 0
+
+    @property
+    def n_trainable(self) -> int:
+        """Trainable elements."""
+        return sum(self.trainable.values())
+
+    @property
+    def n_total(self) -> int:
+        """All elements (quantized ones at their logical count)."""
+        return sum(self.frozen.values()) + self.quantized + self.n_trainable
+
+
+def _size(dtype_name: str) -> int:
+    return torch.empty(0, dtype=getattr(torch, dtype_name)).element_size()
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype activations are computed in under a Lightning precision string."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
+def quantized_bytes(n: int, rows: int, quant: Any) -> float:
+    """Bytes of `n` quantized weight elements (`rows` output rows) under a bitsandbytes config."""
+    if quant is None:
+        return 0.0
+    if getattr(quant, "load_in_8bit", False):
+        return n + 4.0 * rows
+    blocks = n / NF4_BLOCK
+    constants = blocks * 1 + blocks / DQ_BLOCK * 4 if quant.bnb_4bit_use_double_quant else blocks * 4
+    return n / 2 + constants
+
+
+def count_params(model: nn.Module, quantized: bool) -> ParamCounts:
+    """Counts of a (meta-device, PEFT-wrapped) model; `quantized`: its frozen linear weights will be quantized."""
+    from lightft.strategies import decoder_layers
+
+    counts = ParamCounts()
+    head_weights = {id(p) for name, p in model.named_parameters() if name.split(".")[-2] in ("lm_head", "score")}
+    linear_weights = {id(m.weight): m.out_features for m in model.modules() if type(m) is nn.Linear}
+    for param in model.parameters():
+        dtype = str(param.dtype).removeprefix("torch.")
+        if param.requires_grad:
+            counts.trainable[dtype] = counts.trainable.get(dtype, 0) + param.numel()
+            counts.trainable_small += param.numel() if param.numel() < OPT8_MIN_SIZE else 0
+        elif quantized and id(param) in linear_weights and id(param) not in head_weights:
+            counts.quantized += param.numel()
+            counts.quantized_rows += linear_weights[id(param)]
+        else:
+            counts.frozen[dtype] = counts.frozen.get(dtype, 0) + param.numel()
+    layers = decoder_layers(model)
+    counts.layers = len(layers)
+    counts.layer_params = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0)
+    return counts
+
+
+def saved_activation_bytes(
+    model: nn.Module, batch: int, seq_len: int, dtype: torch.dtype = torch.float32
+) -> tuple[int, int]:
+    """Bytes autograd saves in one training forward of `model` (meta device) on a (batch, seq_len) input.
+
+    Returns (all saved bytes, the part saved inside decoder layers). Each saved storage counts once (views share
+    their base's); parameters are left out (counted as weights). Runs on fake tensors: no memory, no compute.
+    """
+    from lightft.strategies import decoder_layers
+
+    seen: dict[int, torch.Tensor] = {}
+    in_layer = {"depth": 0}
+    layer_bytes = [0]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        base = tensor._base if tensor._base is not None else tensor
+        if not isinstance(base, nn.Parameter) and id(base) not in seen:  # weights are counted as weights
+            seen[id(base)] = base  # holding it keeps its id unique
+            if in_layer["depth"]:
+                layer_bytes[0] += base.numel() * base.element_size()
+        return tensor
+
+    def enter(*_: Any) -> None:
+        in_layer["depth"] += 1
+
+    def leave(*_: Any) -> None:
+        in_layer["depth"] -= 1
+
+    # fake tensors, not meta ones: transformers skips its data-dependent mask checks for them (is_tracing)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)  # non-fake inputs: the meta weights being converted
+    model = _in_dtype(copy.deepcopy(model), dtype)
+    with mode:
+        model = model.to_empty(device="cpu").train()  # training mode: dropout saves its masks
+    hooks = []
+    for layer in decoder_layers(model):
+        hooks.append(layer.register_forward_pre_hook(enter))
+        hooks.append(layer.register_forward_hook(leave))
+    try:
+        with mode:
+            ids = torch.zeros(batch, seq_len, dtype=torch.long)
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                model(input_ids=ids, use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    total = sum(t.numel() * t.element_size() for t in seen.values())
+    return total, layer_bytes[0]
+
+
+@dataclass
+class Estimate:
+    """Bytes per rank by component (device memory; `host` is what offloading moves to CPU memory)."""
+
+    components: dict[str, float]
+    host: float
+    plan: Plan
+    params: dict[str, int]
+
+    @property
+    def total(self) -> float:
+        """Bytes on the device at the peak."""
+        return sum(self.components.values())
+
+    def to_json(self) -> str:
+        """The estimate for machines (`--json`)."""
+        return json.dumps(
+            {
+                "total_bytes": self.total,
+                "total_gib": self.total / GIB,
+                "components_bytes": self.components,
+                "host_bytes": self.host,
+                "params": self.params,
+                "plan": asdict(self.plan),
+            },
+            indent=2,
+        )
+
+    def table(self) -> str:
+        """A breakdown table (GiB per rank)."""
+        p = self.plan
+        where = f"{p.world_size} rank(s), {p.strategy}" + (f" ZeRO-{p.zero_stage}" if p.zero_stage else "")
+        lines = [
+            f"Memory estimate per rank ({where}, {p.precision}, batch {p.batch_size} x {p.seq_len} tokens, "
+            f"{p.optimizer}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'})",
+            f"params: {self.params['total']:,} total, {self.params['trainable']:,} trainable",
+            "",
+            "| component | GiB |",
+            "|---|---:|",
+        ]
+        lines += [f"| {name} | {value / GIB:.3f} |" for name, value in self.components.items()]
+        lines.append(f"| **total** | **{self.total / GIB:.3f}** |")
+        if self.host:
+            lines.append(f"| (host memory, offloaded) | {self.host / GIB:.3f} |")
+        lines += [f"note: {note}" for note in p.notes]
+        return "\n".join(lines)
+
+
+def estimate(model: nn.Module, plan: Plan, quantization: Any = None) -> Estimate:
+    """Peak memory per rank of training `model` (PEFT-wrapped, on the meta device) under `plan`."""
+    counts = count_params(model, quantization is not None)
+    weights, gradients, optimizer = model_states(counts, plan, quantization)
+    weights, gradients, optimizer, gathered, host = shard(counts, plan, weights, gradients, optimizer)
+    activations, logits = activation_bytes(model, counts, plan)
+    components = {
+        "weights": weights,
+        "gradients": gradients,
+        "optimizer states": optimizer,
+        "activations": activations,
+        "logits and loss": logits,
+    }
+    if gathered:
+        components["gathered layers (sharding)"] = gathered
+    if plan.method == "DPOModule" and plan.reference == "live" and counts.n_trainable == counts.n_total:
+        components["reference model"] = weights  # full fine-tuning: a frozen copy of the model is the reference
+    if plan.accelerator == "gpu":
+        components["CUDA context"] = CUDA_CONTEXT
+    return Estimate(components, host, plan, {"total": counts.n_total, "trainable": counts.n_trainable})
+
+
+def model_states(counts: ParamCounts, plan: Plan, quantization: Any) -> tuple[float, float, float]:
+    """Unsharded bytes of weights, gradients and optimizer states."""
+    csize = torch.empty(0, dtype=compute_dtype(plan.precision)).element_size()
+    trainable_bytes = sum(n * _size(d) for d, n in counts.trainable.items())
+    weights = sum(n * _size(d) for d, n in counts.frozen.items()) + trainable_bytes
+    weights += quantized_bytes(counts.quantized, counts.quantized_rows, quantization)
+    gradients = float(trainable_bytes)
+    n_train = counts.n_trainable
+    if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        big = n_train - counts.trainable_small
+        optimizer = 2.0 * (big + big / OPT8_BLOCK * 4) + 2.0 * 4 * counts.trainable_small
+    else:
+        optimizer = 2.0 * trainable_bytes
+    if plan.strategy == "deepspeed" and plan.zero_stage and csize < 4:
+        # DeepSpeed runs the model in 16 bits and keeps fp32 master weights with the optimizer states
+        optimizer += 4.0 * n_train
+        weights -= trainable_bytes - n_train * csize
+        gradients = float(n_train * csize)
+    return float(weights), gradients, optimizer
+
+
+def shard(
+    counts: ParamCounts, plan: Plan, weights: float, gradients: float, optimizer: float
+) -> tuple[float, float, float, float, float]:
+    """Per-rank weights, gradients, optimizer states, gathered-layer bytes and host (offloaded) bytes."""
+    world = max(1, plan.world_size)
+    fsdp = plan.strategy in ("fsdp", "fsdp2")
+    zero = plan.zero_stage if plan.strategy == "deepspeed" else 0
+    gathered = host = 0.0
+    if fsdp or zero == 3:
+        weights /= world
+        csize = torch.empty(0, dtype=compute_dtype(plan.precision)).element_size()
+        gathered = 2.0 * counts.layer_params * csize  # the unit computing + the next one prefetched
+    if fsdp or zero >= 2:
+        gradients /= world
+    if fsdp or zero >= 1:
+        optimizer /= world
+    if zero and plan.offload_optimizer:
+        host, optimizer = host + optimizer, 0.0
+    if zero == 3 and plan.offload_parameters:
+        host, weights = host + weights, 0.0
+    return weights, gradients, optimizer, gathered, host
+
+
+def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple[float, float]:
+    """Bytes saved for backward, and the logits with the loss's float32 buffers."""
+    dtype = compute_dtype(plan.precision)
+    csize = torch.empty(0, dtype=dtype).element_size()
+    rows = plan.batch_size * (2 if plan.method == "DPOModule" else 1)  # chosen and rejected in one forward
+    saved, in_layers = saved_activation_bytes(model, rows, plan.seq_len, dtype)
+    activations = float(saved)
+    if plan.gradient_checkpointing and counts.layers:
+        # kept: each layer's input; while one layer recomputes, its activations
+        boundaries = counts.layers * rows * plan.seq_len * model.config.hidden_size * csize
+        activations = saved - in_layers + boundaries + in_layers / counts.layers
+    logits = 0.0
+    if plan.method != "RewardModelModule":
+        # the logits, the loss's float32 copy of the trained positions (here: all) and its log-softmax
+        logits = float(rows * plan.seq_len * model.config.vocab_size * (csize + 2 * 4))
+    return activations, logits
+
+
+def _in_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` (a copy) with its frozen floating weights in the compute dtype (free on the meta device)."""
+    if dtype == torch.float32:
+        return model
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point():
+            param.data = param.data.to(dtype)
+    return model

@@ -1,0 +1,165 @@
+"""`lightft estimate`: formulas against hand-computed cases, and the estimate against a measured CPU run.
+
+Measured on CPU = the training process's peak resident memory minus its resident memory before the model was built
+(`tests.helpers.callbacks.TrainingPeak`), with glibc's mmap threshold fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_) so
+that a freed tensor's pages go back to the system and resident memory follows live tensors. Data: plain text packed
+into full rows, every token trained (the estimate's worst case, reached exactly).
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import BitsAndBytesConfig
+
+from lightft.commands.estimate import main as estimate_main
+from lightft.memory import GIB, Plan, count_params, estimate, quantized_bytes
+from lightft.models.loading import ModelSpec, meta_model
+from lightft.peft import FullFineTune, LoRA
+from tests.conftest import ROOT
+
+TINY = ModelSpec(path=str(ROOT / "tests" / "assets" / "tiny-llama"), random_init=True)
+
+
+def tiny(peft=None):
+    model = meta_model(TINY)
+    return (peft or LoRA(r=4, dropout=0.0)).apply(model)
+
+
+def test_quantized_bytes_by_hand():
+    n, rows = 4096 * 4096, 4096
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=False)
+    dq = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True)
+    assert quantized_bytes(n, rows, nf4) == n / 2 + n / 64 * 4  # packed nibbles + fp32 absmax per 64
+    assert quantized_bytes(n, rows, dq) == n / 2 + n / 64 + n / 64 / 256 * 4  # 8-bit absmax + fp32 per 256 blocks
+    assert quantized_bytes(n, rows, BitsAndBytesConfig(load_in_8bit=True)) == n + 4 * rows
+
+
+def test_counts_of_the_tiny_model_with_lora():
+    counts = count_params(tiny(), quantized=False)
+    # tiny Llama: 2 layers, hidden 64, k/v 32 wide (2 KV heads of 16), MLP 128; LoRA r=4: A (4 x in) + B (out x 4)
+    lora = {"q": (64, 64), "k": (64, 32), "v": (64, 32), "o": (64, 64), "gate": (64, 128), "up": (64, 128),
+            "down": (128, 64)}  # fmt: skip
+    per_layer = sum(4 * fan_in + fan_out * 4 for fan_in, fan_out in lora.values())
+    assert counts.n_trainable == 2 * per_layer == 8192
+    assert counts.trainable_small == 8192  # every LoRA tensor is under 4,096 elements
+    quantized = count_params(tiny(), quantized=True)
+    linear = sum(fan_in * fan_out for fan_in, fan_out in lora.values())
+    assert quantized.quantized == 2 * linear  # the layers' linear weights, not lm_head
+    assert quantized.n_total == counts.n_total
+
+
+def test_static_memory_by_hand():
+    model, plan = tiny(), Plan(batch_size=1, seq_len=8, accelerator="cpu")
+    base = estimate(model, plan).components
+    t = 8192
+    assert base["gradients"] == 4 * t and base["optimizer states"] == 8 * t
+    assert base["weights"] == 4 * count_params(model, False).n_total
+    eight_bit = estimate(model, Plan(batch_size=1, seq_len=8, accelerator="cpu", optimizer="adamw_8bit"))
+    assert eight_bit.components["optimizer states"] == 8 * t  # small tensors keep 32-bit states in bitsandbytes
+    assert "CUDA context" not in base and "CUDA context" in estimate(model, Plan(batch_size=1, seq_len=8)).components
+
+
+@pytest.mark.parametrize(
+    ("strategy", "stage", "sharded"),
+    [("ddp", 0, set()), ("deepspeed", 1, {"optimizer states"}),
+     ("deepspeed", 2, {"optimizer states", "gradients"}),
+     ("deepspeed", 3, {"optimizer states", "gradients", "weights"}),
+     ("fsdp2", 0, {"optimizer states", "gradients", "weights"})],
+)  # fmt: skip
+def test_sharding_divides_what_each_strategy_shards(strategy, stage, sharded):
+    model = tiny(FullFineTune())
+    one = estimate(model, Plan(batch_size=1, seq_len=8, accelerator="cpu")).components
+    four = estimate(model, Plan(batch_size=1, seq_len=8, accelerator="cpu", strategy=strategy, zero_stage=stage,
+                                world_size=4)).components  # fmt: skip
+    for name in ("weights", "gradients", "optimizer states"):
+        assert four[name] == pytest.approx(one[name] / 4 if name in sharded else one[name]), name
+    assert ("gathered layers (sharding)" in four) == ("weights" in sharded)
+    assert four["activations"] == one["activations"]
+
+
+def test_activations_scale_with_tokens_and_checkpointing_keeps_layer_inputs():
+    model = tiny()
+    small = estimate(model, Plan(batch_size=1, seq_len=64, accelerator="cpu")).components
+    double = estimate(model, Plan(batch_size=2, seq_len=64, accelerator="cpu")).components
+    assert double["activations"] == pytest.approx(2 * small["activations"], rel=0.02)
+    assert double["logits and loss"] == 2 * small["logits and loss"] == 2 * 64 * 512 * 12
+    checkpointed = estimate(model, Plan(batch_size=2, seq_len=64, accelerator="cpu", gradient_checkpointing=True))
+    assert checkpointed.components["activations"] < 0.75 * double["activations"]
+
+
+def test_dpo_doubles_the_rows_and_full_fine_tuning_adds_a_reference():
+    lora, full = tiny(), tiny(FullFineTune())
+    sft = estimate(lora, Plan(batch_size=2, seq_len=32, accelerator="cpu")).components
+    dpo = estimate(lora, Plan(method="DPOModule", reference="live", batch_size=2, seq_len=32, accelerator="cpu"))
+    assert dpo.components["logits and loss"] == 2 * sft["logits and loss"] and "reference model" not in dpo.components
+    dpo_full = estimate(full, Plan(method="DPOModule", reference="live", batch_size=2, seq_len=32, accelerator="cpu"))
+    assert dpo_full.components["reference model"] == dpo_full.components["weights"]
+
+
+def test_cli_prints_a_table_json_and_fitting_settings(capsys):
+    config = str(ROOT / "configs" / "debug" / "tiny.yaml")
+    data = json.loads(_json(capsys, config))
+    assert data["params"]["trainable"] == 8192 and data["plan"]["accelerator"] == "cpu"
+    estimate_main(["--config", config, "--devices", "2", "--gpu_memory", "1"])
+    out = capsys.readouterr().out
+    assert "| **total** |" in out and "2 rank(s)" in out and "Within 1 GiB per GPU:" in out
+
+
+def _json(capsys, config: str) -> str:
+    estimate_main(["--config", config, "--json"])
+    out = capsys.readouterr().out
+    return out[out.index("{") :]
+
+
+def write_text_data(path, rows: int = 64, words: int = 600) -> str:
+    """Plain-text rows (every token trained), long enough to pack into full rows."""
+    rng = random.Random(0)
+    vocab = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from"]
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(vocab) for _ in range(words))}) + "\n"
+                            for _ in range(rows)))  # fmt: skip
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+def test_estimate_matches_a_measured_cpu_run(tmp_path, checkpointing, capsys):
+    data = write_text_data(tmp_path / "text.jsonl")
+    args = ["--config", str(ROOT / "configs" / "debug" / "tiny.yaml"), "--data.init_args.max_length", "512",
+            "--data.init_args.batch_size", "8", "--data.init_args.packing", "true",
+            "--data.init_args.train.path", data, "--data.init_args.val.path", data,
+            "--model.init_args.gradient_checkpointing", str(checkpointing).lower()]  # fmt: skip
+    estimate_main([*args, "--json"])
+    out = capsys.readouterr().out
+    predicted = json.loads(out[out.index("{") :])["total_bytes"]
+    peak = tmp_path / "peak.pt"
+    fit = [sys.executable, "-m", "lightft.cli", "fit", *args, "--trainer.max_steps", "2",
+           "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run"),
+           f'--trainer.callbacks+={{"class_path": "tests.helpers.callbacks.TrainingPeak", "init_args": '
+           f'{{"path": "{peak}"}}}}']  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536"}
+    result = subprocess.run(fit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = torch.load(peak, weights_only=True)["measured"]
+    assert measured > 0.02 * GIB  # the run did allocate what is being compared
+    assert predicted == pytest.approx(measured, rel=0.10), (predicted / GIB, measured / GIB)
+
+
+def test_real_size_shapes_estimate_offline(capsys):
+    """configs/models/llama3-8b is Meta-Llama-3-8B's architecture (8,030,261,248 parameters); the recipe's LoRA r=16
+    on every linear layer adds 16 x (in + out) per layer: q, o 4096+4096; k, v 4096+1024; gate, up, down 4096+14336,
+    times 32 layers = 41,943,040."""
+    estimate_main(["--config", str(ROOT / "configs" / "sft" / "llama3_8b_qlora.yaml"), "--json",
+                   "--model.init_args.model.path", str(ROOT / "configs" / "models" / "llama3-8b")])  # fmt: skip
+    out = capsys.readouterr().out
+    data = json.loads(out[out.index("{") :])
+    per_layer = 16 * (2 * (4096 + 4096) + 2 * (4096 + 1024) + 3 * (4096 + 14336))
+    assert data["params"]["trainable"] == 32 * per_layer == 41_943_040
+    assert data["params"]["total"] - data["params"]["trainable"] == 8_030_261_248
+    assert data["plan"]["precision"] == "bf16-true" and data["plan"]["optimizer"] == "paged_adamw_8bit"
+    weights = data["components_bytes"]["weights"]
+    assert 5.0 * GIB < weights < 6.0 * GIB  # 4-bit layers + bf16 embeddings and head + fp32 adapter
