@@ -8,11 +8,12 @@ The model is built on the meta device from its config (no weights, no memory). F
 - **gradients**: one per trainable parameter, at its dtype.
 - **optimizer**: AdamW keeps two states per trainable parameter at its dtype; the bitsandbytes 8-bit AdamWs one
   byte each (+ one fp32 absmax per block of 256), except tensors under 4,096 elements, which keep 32-bit states.
-- **activations**: what autograd saves for backward in one training forward, traced on the meta device with the
-  run's batch and sequence length (each saved storage once). With gradient checkpointing only each decoder layer's
-  input is kept, plus one layer's activations while it is recomputed.
-- **logits**: the (batch, length, vocab) logits, the float32 copy the loss takes of them and its log-softmax, and
-  their gradients during backward.
+- **activations**: what autograd saves for backward in one training forward, traced on fake tensors (no memory,
+  no compute) with the run's batch and sequence length (each saved storage once). With gradient checkpointing
+  only each decoder layer's input is kept, plus one layer's activations while it is recomputed in backward
+  (counted on top of the logits' buffers: an upper bound).
+- **logits**: the (batch, length, vocab) logits, the float32 copy the loss takes of the trained positions (all of
+  them, the worst case) and its log-softmax; backward's gradients of them take no more than these.
 - **extra models**: DPO's frozen reference copy (full fine-tuning with `reference: live`).
 - **sharding** (per rank, `world` ranks): FSDP/FSDP2 shard weights, gradients and optimizer states and gather one
   decoder layer at a time (two with prefetch); ZeRO-1 shards optimizer states, ZeRO-2 also gradients, ZeRO-3 also
@@ -43,7 +44,7 @@ OPT8_MIN_SIZE = 4096  # tensors smaller than this keep 32-bit optimizer states i
 
 @dataclass
 class Plan:
-    """Everything the estimate depends on, read from a config (`plan_from_config`)."""
+    """Everything the estimate depends on, read from a config (`lightft.commands.estimate.plan_and_model`)."""
 
     method: str = "SFTModule"
     batch_size: int = 1
@@ -300,15 +301,17 @@ def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple
     csize = torch.empty(0, dtype=dtype).element_size()
     rows = plan.batch_size * (2 if plan.method == "DPOModule" else 1)  # chosen and rejected in one forward
     saved, in_layers = saved_activation_bytes(model, rows, plan.seq_len, dtype)
-    activations = float(saved)
-    if plan.gradient_checkpointing and counts.layers:
-        # kept: each layer's input; while one layer recomputes, its activations
-        boundaries = counts.layers * rows * plan.seq_len * model.config.hidden_size * csize
-        activations = saved - in_layers + boundaries + in_layers / counts.layers
     logits = 0.0
     if plan.method != "RewardModelModule":
         # the logits, the loss's float32 copy of the trained positions (here: all) and its log-softmax
         logits = float(rows * plan.seq_len * model.config.vocab_size * (csize + 2 * 4))
+    activations = float(saved)
+    if plan.gradient_checkpointing and counts.layers:
+        # kept: each layer's input, plus one layer's activations while it is recomputed in backward. Counting that
+        # layer on top of the logits' buffers makes this an upper bound (measured: within 20% of it on a model
+        # whose logits outweigh a layer, within 1% on SmolLM2).
+        boundaries = counts.layers * rows * plan.seq_len * model.config.hidden_size * csize
+        activations = saved - in_layers + boundaries + in_layers / counts.layers
     return activations, logits
 
 

@@ -110,31 +110,3 @@ class Pace(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         self._write(trainer, str(trainer.global_step))
         time.sleep(self.seconds)
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-class TrainingPeak(pl.Callback):
-    """Writes to `path` the process's peak resident memory during training minus its resident memory before the
-    model was built (Linux: the peak is reset when training starts, so loading transients do not count)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.baseline = 0
-
-    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
-        self.baseline = _status_kib("VmRSS") * 1024  # before configure_model loads the weights
-
-    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-
-    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        peak = _status_kib("VmHWM") * 1024
-        torch.save({"baseline": self.baseline, "peak": peak, "measured": peak - self.baseline}, self.path)

@@ -1,0 +1,105 @@
+"""What `lightft bench` measures inside each cell's `lightft fit`: peak memory, step time, trained tokens/s.
+
+Peak memory per rank, reported as the maximum over ranks, from the first training batch on (the model loaded, the
+data pipeline built, so neither loading transients nor the tokenized dataset count): on GPUs CUDA's max allocated
+and max reserved; on CPU the model's tensors at that point plus how far resident memory rose above its level then
+(Linux `VmHWM`; run with glibc's MALLOC_MMAP_THRESHOLD_ fixed, as `lightft bench` does, so that freed tensors
+leave resident memory).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightft.callbacks.monitor import batch_tokens
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def module_tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers on this rank (each storage once; a shard's local part)."""
+    storages = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        storage = local.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+class BenchProbe(pl.Callback):
+    """Writes a JSON record of the run to `path` (rank 0).
+
+    Peak memory, mean step time after `warmup` steps, trained (non-pad) tokens/s over all ranks, world size, device.
+    """
+
+    def __init__(self, path: str, warmup: int = 1) -> None:
+        self.path, self.warmup = Path(path), warmup
+        self.start_rss: int | None = None
+        self.start_tensors = 0
+        self.steps: list[float] = []
+        self.tokens = 0
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        """Reset the peaks before the first batch runs; start the step clock."""
+        device = trainer.strategy.root_device
+        if self.start_rss is None:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                self.start_rss = 0
+            else:
+                self.start_tensors = module_tensor_bytes(pl_module)
+                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+                self.start_rss = _status_bytes("VmRSS")
+        self._sync(trainer)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        """Stop the step clock; count the step's trained tokens after the warm-up steps."""
+        self._sync(trainer)
+        if idx >= self.warmup:
+            self.steps.append(time.perf_counter() - self._start)
+            self.tokens += batch_tokens(batch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Reduce over ranks and write the record."""
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+        else:
+            peak, reserved = _status_bytes("VmHWM") - (self.start_rss or 0) + self.start_tensors, 0
+        stats = torch.tensor([float(peak), float(reserved), sum(self.steps)], device=device)
+        stats = trainer.strategy.reduce(stats, reduce_op="max") if trainer.world_size > 1 else stats
+        tokens = trainer.strategy.reduce(torch.tensor(float(self.tokens), device=device), reduce_op="sum")
+        if not trainer.is_global_zero:
+            return
+        seconds = float(stats[2])
+        record = {
+            "peak_bytes": float(stats[0]),
+            "reserved_bytes": float(stats[1]) if device.type == "cuda" else None,
+            "step_seconds": seconds / max(1, len(self.steps)),
+            "tokens_per_second": float(tokens) / seconds if seconds else None,
+            "measured_steps": len(self.steps),
+            "world_size": trainer.world_size,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        }
+        self.path.write_text(json.dumps(record))
+
+    @staticmethod
+    def _sync(trainer: pl.Trainer) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
