@@ -144,11 +144,17 @@ def test_precomputed_reference_under_fsdp2_with_uneven_shares(tmp_path):
     assert_same_tensors(runs["fsdp2"]["weights"], runs["single"]["weights"], rtol=0, atol=2e-5)
 
 
+@pytest.fixture(scope="module")
+def fsdp2_straight(tmp_path_factory) -> dict:
+    """4 FSDP2 steps without interruption (shared by both resume tests)."""
+    return fit(tmp_path_factory.mktemp("straight"), "", "fsdp2", steps=4)
+
+
 @pytest.mark.parametrize("sharded", [False, True], ids=["gathered-file", "sharded-directory"])
-def test_fsdp2_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, sharded):
+def test_fsdp2_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, fsdp2_straight, sharded):
     """2 steps, save (one gathered file, or a directory with one shard per rank), resume to 4 steps: the weights
     equal 4 steps straight (fp32 on CPU, same reduction order: exact up to 1e-6)."""
-    straight = fit(tmp_path / "straight", "", "fsdp2", steps=4)
+    straight = fsdp2_straight
     save = ["--trainer.strategy.init_args.save_distributed_checkpoint", str(sharded).lower()]
     fit(tmp_path / "first", "", "fsdp2", *save, steps=2, read=False)
     ckpt = tmp_path / "first" / "_sft-fsdp2" / "checkpoints" / "last.ckpt"
