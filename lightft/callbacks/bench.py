@@ -41,7 +41,8 @@ def module_tensor_bytes(module: torch.nn.Module) -> int:
 class BenchProbe(pl.Callback):
     """Writes a JSON record of the run to `path` (rank 0).
 
-    Peak memory, mean step time after `warmup` steps, trained (non-pad) tokens/s over all ranks, world size, device.
+    Peak memory, mean time per training batch after `warmup` batches, trained (non-pad) tokens/s over all ranks,
+    world size, device.
     """
 
     def __init__(self, path: str, warmup: int = 1) -> None:
@@ -50,6 +51,7 @@ class BenchProbe(pl.Callback):
         self.start_tensors = 0
         self.steps: list[float] = []
         self.tokens = 0
+        self._batches = 0
         self._start = 0.0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
@@ -71,7 +73,8 @@ class BenchProbe(pl.Callback):
     ) -> None:
         """Stop the step clock; count the step's trained tokens after the warm-up steps."""
         self._sync(trainer)
-        if idx >= self.warmup:
+        self._batches += 1
+        if self._batches > self.warmup:  # counted across epochs (the batch index restarts each epoch)
             self.steps.append(time.perf_counter() - self._start)
             self.tokens += batch_tokens(batch)
 
