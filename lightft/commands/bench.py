@@ -1,6 +1,6 @@
 r"""`lightft bench --config X.yaml`: a matrix of short training runs, measured beside `lightft estimate`.
 
-    lightft bench --config configs/sft/smollm2_lora.yaml --gradient_checkpointing false,true --batch_sizes 2,4 \\
+    lightft bench --config configs/sft/smollm2_lora.yaml --gradient_checkpointing false,true --batch_sizes 2,4 \
                   --steps 3 --out runs/bench
 
 Axes (comma-separated; an axis left out keeps the config's value): `--strategies` (overlays in configs/trainer/, by
@@ -12,8 +12,9 @@ Each cell is its own `lightft fit` process of `--steps` steps (the first is warm
 trained tokens/s and MFU: 6N FLOPs per token for full fine-tuning, 4N with a frozen base (no weight gradients),
 N = all parameters, attention's own FLOPs not counted, against the GPU's dense bf16/fp16 peak (unknown GPUs and CPUs
 get none). Data: with `--synthetic true` (default) plain text packed into full rows, every token trained, the
-estimate's own assumption. A failed cell (out of memory, a refused combination) is recorded with its reason.
-Writes `bench.csv`, `bench.md` and `bench.png` into `--out`.
+estimate's own assumption (SFT data modules; `--synthetic false` keeps the config's data, e.g. for DPO). A failed
+cell (out of memory, a refused combination) is recorded with its reason. Writes `bench.csv`, `bench.md` and
+`bench.png` into `--out`.
 """
 
 from __future__ import annotations
