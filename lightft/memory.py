@@ -86,7 +86,7 @@ class ParamCounts:
 
 
 def _size(dtype_name: str) -> int:
-    return torch.empty(0, dtype=getattr(torch, dtype_name)).element_size()
+    return getattr(torch, dtype_name).itemsize
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -253,7 +253,7 @@ def estimate(model: nn.Module, plan: Plan, quantization: Any = None) -> Estimate
 
 def model_states(counts: ParamCounts, plan: Plan, quantization: Any) -> tuple[float, float, float]:
     """Unsharded bytes of weights, gradients and optimizer states."""
-    csize = torch.empty(0, dtype=compute_dtype(plan.precision)).element_size()
+    csize = compute_dtype(plan.precision).itemsize
     trainable_bytes = sum(n * _size(d) for d, n in counts.trainable.items())
     weights = sum(n * _size(d) for d, n in counts.frozen.items()) + trainable_bytes
     weights += quantized_bytes(counts.quantized, counts.quantized_rows, quantization)
@@ -282,7 +282,7 @@ def shard(
     gathered = host = 0.0
     if fsdp or zero == 3:
         weights /= world
-        csize = torch.empty(0, dtype=compute_dtype(plan.precision)).element_size()
+        csize = compute_dtype(plan.precision).itemsize
         gathered = 2.0 * counts.layer_params * csize  # the unit computing + the next one prefetched
     if fsdp or zero >= 2:
         gradients /= world
@@ -298,7 +298,7 @@ def shard(
 def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple[float, float]:
     """Bytes saved for backward, and the logits with the loss's float32 buffers."""
     dtype = compute_dtype(plan.precision)
-    csize = torch.empty(0, dtype=dtype).element_size()
+    csize = dtype.itemsize
     rows = plan.batch_size * (2 if plan.method == "DPOModule" else 1)  # chosen and rejected in one forward
     saved, in_layers = saved_activation_bytes(model, rows, plan.seq_len, dtype)
     logits = 0.0

@@ -8,13 +8,13 @@ tensors. Data: plain text packed into full rows, every token trained (the estima
 
 import json
 import os
-import random
 import subprocess
 import sys
 
 import pytest
 from transformers import BitsAndBytesConfig
 
+from lightft.commands.bench import synthetic_text
 from lightft.commands.estimate import main as estimate_main
 from lightft.memory import GIB, Plan, count_params, estimate, quantized_bytes
 from lightft.models.loading import ModelSpec, meta_model
@@ -115,19 +115,10 @@ def _json(capsys, config: str) -> str:
     return out[out.index("{") :]
 
 
-def write_text_data(path, rows: int = 64, words: int = 600) -> str:
-    """Plain-text rows (every token trained), long enough to pack into full rows."""
-    rng = random.Random(0)
-    vocab = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from"]
-    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(vocab) for _ in range(words))}) + "\n"
-                            for _ in range(rows)))  # fmt: skip
-    return str(path)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 def test_estimate_matches_a_measured_cpu_run(tmp_path, checkpointing, capsys):
-    data = write_text_data(tmp_path / "text.jsonl")
+    data = str(synthetic_text(tmp_path / "text.jsonl", rows=64))
     args = ["--config", str(ROOT / "configs" / "debug" / "tiny.yaml"), "--data.init_args.max_length", "512",
             "--data.init_args.batch_size", "8", "--data.init_args.packing", "true",
             "--data.init_args.train.path", data, "--data.init_args.val.path", data,

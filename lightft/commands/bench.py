@@ -54,18 +54,6 @@ def _overlay(value: str) -> str:
     return str(path)
 
 
-def _take(args: list[str], name: str, default: str | None = None) -> str | None:
-    for i, word in enumerate(args):
-        if word == name and i + 1 < len(args):
-            value = args[i + 1]
-            del args[i : i + 2]
-            return value
-        if word.startswith(name + "="):
-            del args[i]
-            return word.split("=", 1)[1]
-    return default
-
-
 def synthetic_text(path: Path, rows: int = 256, words: int = 600) -> Path:
     """Plain-text rows (every token trained) that pack into full rows."""
     rng = random.Random(0)
@@ -184,21 +172,20 @@ def main(args: list[str]) -> None:
     """`lightft bench --config X.yaml [axes] [--steps N] [--out DIR] [--synthetic true|false] [fit args]`."""
     from tqdm import tqdm
 
+    from lightft.commands.estimate import take_option
+
     args = list(args)
     axes = {}
     for option in AXES:
-        value = _take(args, option)
+        value = take_option(args, option)
         if value:
             axes[option] = [v.strip() for v in value.split(",") if v.strip()]
-    try:
-        steps = int(_take(args, "--steps", "3"))
-        timeout = float(_take(args, "--timeout", "1800"))
-    except ValueError as err:
-        raise LightFTError(f"--steps/--timeout: expected a number ({err}).") from None
+    steps = take_option(args, "--steps", int, 3)
+    timeout = take_option(args, "--timeout", float, 1800.0)
     if steps < 2:
         raise LightFTError("--steps: needs at least 2 (the first step is warm-up, not measured).")
-    out = Path(_take(args, "--out", "runs/bench"))
-    synthetic = _take(args, "--synthetic", "true").lower() == "true"
+    out = Path(take_option(args, "--out", str, "runs/bench"))
+    synthetic = take_option(args, "--synthetic", str, "true").lower() == "true"
     if not any(a in ("--config", "-c") for a in args):
         raise LightFTError("--config: give the run's config: lightft bench --config configs/<method>/<recipe>.yaml")
     for option in axes:

@@ -132,10 +132,11 @@ def suggest(plan: Plan, model: Any, quantization: Any, gpu_memory_gib: float) ->
 def main(args: list[str]) -> None:
     """`lightft estimate [--config X.yaml ...] [--devices N] [--num_nodes M] [--json] [--gpu_memory GiB]`."""
     args = list(args)
-    as_json = _flag(args, "--json")
-    gpu_memory = _option(args, "--gpu_memory", float)
-    devices = _option(args, "--devices", int)
-    nodes = _option(args, "--num_nodes", int)
+    as_json = "--json" in args
+    args = [a for a in args if a != "--json"]
+    gpu_memory = take_option(args, "--gpu_memory", float)
+    devices = take_option(args, "--devices", int)
+    nodes = take_option(args, "--num_nodes", int)
     if devices is not None:
         args += ["--trainer.devices", str(devices)]
     if nodes is not None:
@@ -156,14 +157,8 @@ def main(args: list[str]) -> None:
             sys.exit(1)
 
 
-def _flag(args: list[str], name: str) -> bool:
-    if name in args:
-        args.remove(name)
-        return True
-    return False
-
-
-def _option(args: list[str], name: str, kind: type) -> Any:
+def take_option(args: list[str], name: str, kind: type = str, default: Any = None) -> Any:
+    """Remove `name VALUE` (or `name=VALUE`) from `args` and return VALUE as `kind`; `default` when absent."""
     for i, word in enumerate(args):
         if word == name or word.startswith(name + "="):
             value = word.split("=", 1)[1] if "=" in word else (args[i + 1] if i + 1 < len(args) else None)
@@ -172,4 +167,4 @@ def _option(args: list[str], name: str, kind: type) -> Any:
                 return kind(value)
             except (TypeError, ValueError):
                 raise LightFTError(f"{name}: expected a {kind.__name__}, got {value!r}.") from None
-    return None
+    return default
