@@ -14,7 +14,12 @@ The model is built on the meta device from its config (no weights, no memory). F
   (counted on top of the logits' buffers: an upper bound).
 - **logits**: the (batch, length, vocab) logits, the float32 copy the loss takes of the trained positions (all of
   them, the worst case) and its log-softmax; backward's gradients of them take no more than these.
-- **extra models**: DPO's frozen reference copy (full fine-tuning with `reference: live`).
+- **extra models**: DPO's frozen reference copy (full fine-tuning with `reference: live`); PPO's reward model (a
+  `RewardModelScorer`: its weights at its config's dtype). PPO's and GRPO's reference is the policy with its adapter
+  disabled (no copy).
+- **PPO rollouts**: the no-grad passes over the whole rollout (prompts x samples per prompt) before the minibatch
+  updates: generation's KV cache, then the policy's logits over every row (+ all hidden states for the critic),
+  whichever is larger; counted where they exceed the training forward of one minibatch.
 - **sharding** (per rank, `world` ranks): FSDP/FSDP2 shard weights, gradients and optimizer states and gather one
   decoder layer at a time (two with prefetch); ZeRO-1 shards optimizer states, ZeRO-2 also gradients, ZeRO-3 also
   weights; offloaded optimizer states / parameters move to host memory.
@@ -59,6 +64,9 @@ class Plan:
     world_size: int = 1
     accelerator: str = "gpu"
     reference: str | None = None  # DPO: live / precomputed
+    rollout_rows: int = 0  # PPO/GRPO: sequences per rollout (prompts x samples per prompt); batch_size: a minibatch
+    critic: bool = False  # PPO's value head: the rollout evaluation keeps every layer's hidden states
+    reward_model_bytes: float = 0.0  # PPO: a reward model scoring the rollouts
     notes: list[str] = field(default_factory=list)
 
 
@@ -246,6 +254,12 @@ def estimate(model: nn.Module, plan: Plan, quantization: Any = None) -> Estimate
         components["gathered layers (sharding)"] = gathered
     if plan.method == "DPOModule" and plan.reference == "live" and counts.n_trainable == counts.n_total:
         components["reference model"] = weights  # full fine-tuning: a frozen copy of the model is the reference
+    if plan.reward_model_bytes:
+        components["reward model"] = plan.reward_model_bytes
+    if plan.rollout_rows:
+        beyond = rollout_bytes(model, plan) - activations - logits
+        if beyond > 0:
+            components["rollout passes (beyond training)"] = beyond
     if plan.accelerator == "gpu":
         components["CUDA context"] = CUDA_CONTEXT
     return Estimate(components, host, plan, {"total": counts.n_total, "trainable": counts.n_trainable})
@@ -299,7 +313,8 @@ def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple
     """Bytes saved for backward, and the logits with the loss's float32 buffers."""
     dtype = compute_dtype(plan.precision)
     csize = dtype.itemsize
-    rows = plan.batch_size * (2 if plan.method == "DPOModule" else 1)  # chosen and rejected in one forward
+    pairs = plan.method in ("DPOModule", "RewardModelModule")
+    rows = plan.batch_size * (2 if pairs else 1)  # chosen and rejected in one forward
     saved, in_layers = saved_activation_bytes(model, rows, plan.seq_len, dtype)
     logits = 0.0
     if plan.method != "RewardModelModule":
@@ -313,6 +328,22 @@ def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple
         boundaries = counts.layers * rows * plan.seq_len * model.config.hidden_size * csize
         activations = saved - in_layers + boundaries + in_layers / counts.layers
     return activations, logits
+
+
+def rollout_bytes(model: nn.Module, plan: Plan) -> float:
+    """Peak of PPO's no-grad passes over a rollout: the KV cache at full length, or the evaluation's logits (every
+    row, compute dtype; the loss's float32 work is one row at a time) and, with a critic, every layer's hidden states.
+    """  # noqa: D205
+    cfg, csize = model.config, compute_dtype(plan.precision).itemsize
+    rows, length = plan.rollout_rows, plan.seq_len
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    kv_cache = 2 * cfg.num_hidden_layers * rows * length * kv_heads * head_dim * csize
+    evaluation = rows * length * cfg.vocab_size * csize + 2 * length * cfg.vocab_size * 4
+    if plan.critic:
+        evaluation += (cfg.num_hidden_layers + 1) * rows * length * cfg.hidden_size * csize
+    return float(max(kv_cache, evaluation))
 
 
 def _in_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -10,13 +10,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from transformers import BitsAndBytesConfig
 
 from lightft.commands.bench import synthetic_text
 from lightft.commands.estimate import main as estimate_main
-from lightft.memory import GIB, Plan, count_params, estimate, quantized_bytes
+from lightft.memory import GIB, Plan, count_params, estimate, quantized_bytes, rollout_bytes
 from lightft.models.loading import ModelSpec, meta_model
 from lightft.peft import FullFineTune, LoRA
 from tests.conftest import ROOT
@@ -98,6 +99,52 @@ def test_dpo_doubles_the_rows_and_full_fine_tuning_adds_a_reference():
     assert dpo.components["logits and loss"] == 2 * sft["logits and loss"] and "reference model" not in dpo.components
     dpo_full = estimate(full, Plan(method="DPOModule", reference="live", batch_size=2, seq_len=32, accelerator="cpu"))
     assert dpo_full.components["reference model"] == dpo_full.components["weights"]
+
+
+def test_reward_model_pairs_rows_and_has_no_logits():
+    model = tiny()
+    sft = estimate(model, Plan(batch_size=2, seq_len=32, accelerator="cpu")).components
+    rm = estimate(model, Plan(method="RewardModelModule", batch_size=2, seq_len=32, accelerator="cpu")).components
+    four = estimate(model, Plan(batch_size=4, seq_len=32, accelerator="cpu")).components
+    assert rm["logits and loss"] == 0  # one score per row
+    assert rm["activations"] == pytest.approx(four["activations"], rel=0.02)  # chosen and rejected rows
+    assert rm["activations"] > 1.5 * sft["activations"]
+
+
+def test_ppo_rollouts_by_hand():
+    """tiny Llama: 2 layers, hidden 64, 4 heads of 16, 2 KV heads, vocab 512."""
+    model = tiny()
+    plan = Plan(method="PPOModule", batch_size=4, seq_len=64, accelerator="cpu", rollout_rows=64)
+    kv = 2 * 2 * 64 * 64 * 2 * 16 * 4  # K and V, per layer, row, position, KV head, head dim, fp32
+    evaluation = 64 * 64 * 512 * 4 + 2 * 64 * 512 * 4  # the rollout's logits + one row's float32 work
+    assert rollout_bytes(model, plan) == max(kv, evaluation) == evaluation
+    critic = replace(plan, critic=True)
+    assert rollout_bytes(model, critic) == evaluation + 3 * 64 * 64 * 64 * 4  # + embeddings' and layers' outputs
+    result = estimate(model, critic).components
+    training = result["activations"] + result["logits and loss"]
+    assert result["rollout passes (beyond training)"] == pytest.approx(rollout_bytes(model, critic) - training)
+    small = estimate(model, replace(critic, rollout_rows=4)).components  # the minibatch's training forward dominates
+    assert "rollout passes (beyond training)" not in small
+    scored = estimate(model, replace(plan, reward_model_bytes=1e6)).components
+    assert scored["reward model"] == 1e6
+
+
+def test_cli_counts_ppo_rollouts_and_a_reward_model_directory(tmp_path, capsys):
+    reward = tmp_path / "rm"
+    meta_model(TINY, head="reward").config.save_pretrained(reward)  # a reward model's config: its shape is enough
+    args = ["--config", str(ROOT / "configs" / "ppo" / "smollm2_lora.yaml"), "--json",
+            "--model.init_args.model.path", TINY.path, "--model.init_args.model.gguf_file", "null",
+            "--model.init_args.samples_per_prompt", "2",
+            "--model.init_args.reward", "lightft.rl.rewards.RewardModelScorer",
+            "--model.init_args.reward.init_args.path", str(reward)]  # fmt: skip
+    estimate_main(args)
+    out = capsys.readouterr().out
+    data = json.loads(out[out.index("{") :])
+    plan = data["plan"]
+    assert plan["rollout_rows"] == 16 * 2 and plan["batch_size"] == 4 and plan["seq_len"] == 128 + 48
+    assert plan["critic"] is True
+    n_reward = sum(p.numel() for p in meta_model(TINY, head="reward").parameters())
+    assert data["components_bytes"]["reward model"] == 4 * n_reward  # the tiny config is float32
 
 
 def test_cli_prints_a_table_json_and_fitting_settings(capsys):

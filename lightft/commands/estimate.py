@@ -43,10 +43,14 @@ def plan_and_model(args: list[str]) -> tuple[Plan, Any, Any]:
     accelerator = str(trainer.get("accelerator") or "auto")
     method = _method(module)
     batch, seq_len = int(getattr(data, "batch_size", 1)), int(getattr(data, "max_length", 512))
+    ppo: dict[str, Any] = {}
     if method == "PPOModule":
-        new_tokens = int(getattr(getattr(module, "generation", None), "max_new_tokens", 0) or 0)
-        seq_len += new_tokens
-        notes.append("PPO: a training forward over prompt + max_new_tokens; generation's KV cache is not counted")
+        seq_len += int(module.generation.max_new_tokens or 0)
+        rollout = batch * module.samples_per_prompt
+        ppo = {"rollout_rows": rollout, "critic": module.algorithm == "ppo"}
+        ppo["reward_model_bytes"] = reward_model_bytes(module.reward, notes)
+        batch = min(rollout, module.ppo.mini_batch_size)
+        notes.append(f"PPO: rollouts of {rollout} sequences of prompt + max_new_tokens; updates of {batch}")
     plan = Plan(
         method=method,
         batch_size=batch,
@@ -64,12 +68,27 @@ def plan_and_model(args: list[str]) -> tuple[Plan, Any, Any]:
         else "cpu",
         reference=getattr(module, "reference", None),
         notes=notes,
+        **ppo,
     )
     dtype = torch_dtype(module.model_spec, precision)
     quantization = module.peft.quantization_config(dtype) if hasattr(module.peft, "quantization_config") else None
     model = meta_model(module.model_spec, key="model.init_args.model.path", head=module.model_head).to(dtype)
     model = apply_seeded(module.peft, model)
     return plan, model, quantization
+
+
+def reward_model_bytes(reward: Any, notes: list[str]) -> float:
+    """Weights of the reward model a `RewardModelScorer` loads (at its config's dtype); 0 for rule rewards."""
+    from lightft.models.loading import ModelSpec, meta_model
+    from lightft.rl.rewards import RewardModelScorer
+
+    if not isinstance(reward, RewardModelScorer):
+        return 0.0
+    model = meta_model(ModelSpec(path=reward.path), key="model.init_args.reward.init_args.path", head="reward")
+    dtype = getattr(model.config, "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    notes.append(f"PPO: the reward model {reward.path} at {str(dtype).removeprefix('torch.')}")
+    return float(sum(p.numel() for p in model.parameters()) * dtype.itemsize)
 
 
 def _named_kind(name: str) -> str:

@@ -77,6 +77,13 @@ class ModelSpec:
     seed: int = 0
     chat_template: str | None = None
 
+    def __post_init__(self) -> None:
+        # jsonargparse turns `--model.init_args.model.gguf_file null` into the string "None" when the spec is nested
+        # in a class_path's init_args (4.53); an optional name is never literally "None" or "null"
+        for name in ("gguf_file", "revision", "attn_implementation", "chat_template"):
+            if getattr(self, name) in ("None", "null"):
+                object.__setattr__(self, name, None)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, safe to store in checkpoints and JSON."""
         return asdict(self)

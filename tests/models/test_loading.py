@@ -60,6 +60,12 @@ def test_missing_package():
         resolve_path(ModelSpec("package://no_such_pkg"))
 
 
+def test_null_from_the_command_line_is_none():
+    """jsonargparse gives "None" for `--model.init_args.model.gguf_file null` inside a class_path's init_args."""
+    spec = ModelSpec(str(TINY), gguf_file="None", revision="null", chat_template="None")
+    assert spec.gguf_file is None and spec.revision is None and spec.chat_template is None
+
+
 def test_missing_gguf_file():
     with pytest.raises(LightFTError, match="GGUF file 'x.gguf' not found"):
         resolve_path(ModelSpec(str(TINY), gguf_file="x.gguf"))
