@@ -1,4 +1,10 @@
-"""Reading a lightft checkpoint in one process, whichever strategy wrote it.
+"""Writing checkpoints safely and reading them back in one process, whichever strategy wrote them.
+
+Writing (`save_atomically`): into a hidden sibling first, then renamed into place, so a crash during a save never
+leaves a half-written checkpoint under the real name. Random states (`rng_state`, per rank) travel in every
+checkpoint as plain data so a resumed run draws the same dropout masks and samples as an uninterrupted one.
+
+Reading:
 
 - a file: single process, DDP, FSDP2 (gathered, the default), FSDP (v1);
 - a directory of `torch.distributed.checkpoint` shards: FSDP2 with `save_distributed_checkpoint: true`;
@@ -12,14 +18,126 @@ Each gives the Lightning checkpoint dict (`state_dict` with the trainable weight
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import numpy as np
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from lightft.errors import LightFTError
 
 WRAPPER_PREFIX = "_forward_module."  # Lightning's DeepSpeed wrapper around the LightningModule
+RNG_KEY = "lightft_rng"  # per-rank random states in a checkpoint
+# hidden folders beside the checkpoints (same filesystem: renames are atomic; names other tools never match)
+PARTIAL, OLD = ".partial", ".replaced"  # a checkpoint being written / a directory checkpoint being replaced
+
+
+def save_atomically(trainer: pl.Trainer, filepath: str | Path, weights_only: bool = False, check: Any = None) -> None:
+    """`trainer.save_checkpoint(filepath)` through a hidden sibling renamed into place (all ranks call it).
+
+    A file is replaced by one `os.replace` (atomic). A directory (FSDP2 shards, DeepSpeed) cannot be: the old one
+    is moved aside, the new one renamed in, then the old one deleted; `recover_interrupted` undoes a crash in
+    between. `check(path)` (rank 0) runs on the written checkpoint before it replaces anything.
+    """
+    final = Path(filepath)
+    partial, old = final.parent / PARTIAL / final.name, final.parent / OLD / final.name
+    if trainer.is_global_zero:
+        _remove(partial)  # left by a crash during an earlier save
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        old.parent.mkdir(exist_ok=True)
+    trainer.strategy.barrier("lightft.save_atomically")
+    trainer.save_checkpoint(partial, weights_only)  # ends with a barrier: every rank has written its part
+    if trainer.is_global_zero:
+        if check is not None and partial.is_file():
+            check(partial)
+        if partial.is_dir():
+            _remove(old)
+            if final.exists():
+                final.rename(old)
+            partial.rename(final)
+            _remove(old)
+        else:
+            with open(partial, "rb") as f:
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            os.replace(partial, final)
+        _fsync_dir(final.parent)
+        for folder in (partial.parent, old.parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+    trainer.strategy.barrier("lightft.save_atomically")
+
+
+def recover_interrupted(directory: str | Path) -> None:
+    """Put back a checkpoint directory moved aside by a save that crashed before its replacement was renamed in."""
+    directory = Path(directory)
+    if not (directory / OLD).is_dir():
+        return
+    for old in (directory / OLD).iterdir():
+        final = directory / old.name
+        if final.exists():
+            _remove(old)
+        else:
+            old.rename(final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random states (torch, CUDA, numpy, Python; Lightning's collection) as plain lists and
+    numbers, so checkpoints holding them load with `weights_only=True`.
+    """  # noqa: D205
+    states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    version, internal, gauss = states["python"]
+    return {
+        "torch": states["torch"].tolist(),
+        "torch.cuda": [s.tolist() for s in states.get("torch.cuda", [])],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    states = {
+        "torch": torch.tensor(state["torch"], dtype=torch.uint8),
+        "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+        "python": state["python"],
+    }
+    if state["torch.cuda"] and torch.cuda.is_available():
+        states["torch.cuda"] = [torch.tensor(s, dtype=torch.uint8) for s in state["torch.cuda"]]
+    _set_rng_states(states)
+
+
+def gather_rng_states(trainer: pl.Trainer) -> list[dict[str, Any]]:
+    """Every rank's `rng_state()`, in rank order (a collective: all ranks call it)."""
+    import torch.distributed as dist
+
+    mine = rng_state()
+    if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    states: list[Any] = [None] * trainer.world_size
+    dist.all_gather_object(states, mine)
+    return states
 
 
 def checkpoint_kind(path: str | Path) -> str:

@@ -20,7 +20,7 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lightft.callbacks import PredictionWriter, TrainingMonitor, VerifiedCheckpoint
+from lightft.callbacks import NonFiniteGuard, PredictionWriter, Preemption, TrainingMonitor, VerifiedCheckpoint
 from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
 
@@ -81,7 +81,9 @@ def _clear_run(run_dir: Path) -> None:
 
 
 class LightFTCLI(LightningCLI):
-    """LightningCLI with lightft's defaults: subclass mode, linked tokenizer, one directory per run."""
+    """LightningCLI with lightft's defaults: subclass mode, linked tokenizer, one directory per run, atomic
+    verified checkpoints, preemption handling, the non-finite guard, `--ckpt_path` loaded with `weights_only`.
+    """  # noqa: D205
 
     def __init__(self, args: Any = None, run: bool = True) -> None:
         from lightft.modules.base import LightFTModule
@@ -104,9 +106,11 @@ class LightFTCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Checkpointing group, the model -> tokenizer link and `--overwrite`."""
+        """Checkpointing, preemption and non-finite guard groups, the model -> tokenizer link and `--overwrite`."""
         parser.add_lightning_class_args(VerifiedCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+        parser.add_lightning_class_args(Preemption, "preemption")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer", apply_on="parse")
         parser.add_argument(
             "--overwrite", type=bool, default=False, help="Replace a run directory holding another run."
@@ -122,6 +126,8 @@ class LightFTCLI(LightningCLI):
         """TensorBoard logs straight into the run directory; honour `--overwrite`."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.save_config_kwargs["overwrite"] = bool(config.get("overwrite"))
+        if "weights_only" in config and config.get("weights_only") is None:
+            config.weights_only = True  # --ckpt_path loads tensors and plain data only, never arbitrary objects
         if config.trainer.logger in (None, True):
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",

@@ -1,12 +1,16 @@
-"""Callbacks: throughput and memory monitor, verified checkpoints, prediction writer, benchmark probe."""
+"""Callbacks: monitor, verified atomic checkpoints, preemption, non-finite guard, predictions, benchmark probe."""
 
 from lightft.callbacks.bench import BenchProbe
 from lightft.callbacks.checkpoint import VerifiedCheckpoint, verify_checkpoint
 from lightft.callbacks.monitor import TrainingMonitor, peak_memory_bytes
+from lightft.callbacks.nonfinite import NonFiniteGuard
 from lightft.callbacks.predictions import PredictionWriter
+from lightft.callbacks.preemption import Preemption
 
 __all__ = [
     "BenchProbe",
+    "NonFiniteGuard",
+    "Preemption",
     "PredictionWriter",
     "TrainingMonitor",
     "VerifiedCheckpoint",

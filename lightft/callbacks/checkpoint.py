@@ -1,25 +1,40 @@
-"""ModelCheckpoint that reads every checkpoint back and checks its trainable weights.
+"""ModelCheckpoint that writes atomically and reads every checkpoint back before it replaces the previous one.
 
-A checkpoint is only useful if it resumes: each file written is re-opened (`weights_only=True`, memory-mapped) and
-must hold exactly the module's trainable tensors with their shapes, none empty.
+A checkpoint is only useful if it resumes: each file is written under a hidden name, re-opened (`weights_only=True`,
+memory-mapped) and must hold exactly the module's trainable tensors with their shapes, none empty; only then is it
+renamed into place (`lightft.checkpoints.save_atomically`). A crash (even `kill -9`) during a save leaves the
+previous `last.ckpt` whole.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from weakref import proxy
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightft.checkpoints import recover_interrupted, save_atomically
+
 
 class VerifiedCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint (same arguments) plus a read-back check of every file it writes."""
+    """Lightning's ModelCheckpoint (same arguments); every checkpoint is written atomically and read back first."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Also undo a directory swap that a crash interrupted (the previous checkpoint is put back)."""
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath:
+            recover_interrupted(self.dirpath)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero and Path(filepath).is_file():
-            verify_checkpoint(filepath, trainer.lightning_module)
+        module = trainer.lightning_module
+        save_atomically(trainer, filepath, self.save_weights_only, check=lambda path: verify_checkpoint(path, module))
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
 
 def verify_checkpoint(path: str | Path, module: pl.LightningModule) -> None:

@@ -63,13 +63,14 @@ class TokenDataset(Dataset):
         index, step_tokens = key if isinstance(key, tuple) else (key, None)
         if self.packs is None:
             row = self.rows[index]
-            item: dict[str, Any] = {"input_ids": row["input_ids"], "labels": row["labels"]}
+            item: dict[str, Any] = {"input_ids": row["input_ids"], "labels": row["labels"], "rows": [index]}
         else:
             docs = self.rows[self.packs[index]]
             item = {
                 "input_ids": [t for ids in docs["input_ids"] for t in ids],
                 "labels": [t for labels in docs["labels"] for t in labels],
                 "position_ids": [p for ids in docs["input_ids"] for p in range(len(ids))],
+                "rows": list(self.packs[index]),
             }
         if step_tokens is not None:
             item["step_tokens"] = step_tokens
@@ -115,6 +116,8 @@ class Collator:
             batch["n_tokens"] = torch.tensor(sum(len(item["input_ids"]) for item in items))
         if "step_tokens" in items[0]:
             batch["step_tokens"] = torch.tensor(float(items[0]["step_tokens"]))
+        if "rows" in items[0]:
+            batch["rows"] = [item["rows"] for item in items]  # the dataset rows in each batch row (for diagnostics)
         return batch
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
@@ -148,8 +149,19 @@ class TokenDataModule(pl.LightningDataModule):
         )
         loader_class = ResumableDataLoader if train else DataLoader
         return loader_class(
-            dataset, batch_sampler=sampler, collate_fn=self.collator(name), num_workers=self.num_workers
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collator(name),
+            num_workers=self.num_workers,
+            generator=self._generator(),
         )
+
+    def _generator(self) -> torch.Generator:
+        """A DataLoader's own generator: starting an iterator draws its workers' base seed from it, not from the
+        global stream (which would shift dropout masks by whether a validation or an epoch started since the last
+        checkpoint, so a resumed run would not match).
+        """  # noqa: D205
+        return torch.Generator().manual_seed(self.seed)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, planned micro-batches for this rank."""
@@ -178,7 +190,13 @@ class TokenDataModule(pl.LightningDataModule):
         # their last batch, or item 0 when they have none; callers keep only the items of their own share
         per_rank = -(-len(range(0, len(dataset), world_size)) // self.batch_size)
         batches += [batches[-1] if batches else [0]] * (per_rank - len(batches))
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator(name), num_workers=self.num_workers)
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=self.collator(name),
+            num_workers=self.num_workers,
+            generator=self._generator(),
+        )
 
 
 class SFTDataModule(TokenDataModule):

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
+from lightft.errors import LightFTError
+
 GROUP_WINDOW_STEPS = 64  # length grouping sorts within windows of this many global steps
 
 
@@ -127,9 +129,42 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        """Epoch and number of micro-batches handed to the training loop so far."""
-        return {"epoch": self.batch_sampler.epoch, "served": self._served}
+        """Epoch, micro-batches handed to the training loop so far, and the step shape they were cut with."""
+        sampler = self.batch_sampler
+        return {
+            "epoch": sampler.epoch,
+            "served": self._served,
+            "world_size": sampler.world_size,
+            "accumulate": sampler.accumulate,
+            "global_batch": sampler.global_batch,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume the epoch after the micro-batches already trained on."""
-        self.batch_sampler.start = state["served"] % max(1, len(self.batch_sampler))
+        """Resume the epoch after the micro-batches already trained on.
+
+        On another number of processes (or accumulation) the position is carried over in optimizer steps, which
+        needs the same global batch (`batch_size x accumulate_grad_batches x devices x num_nodes`) and a checkpoint
+        written at a step boundary (every lightft checkpoint but Lightning's own mid-step SLURM one).
+        """
+        sampler = self.batch_sampler
+        served = state["served"]
+        self.restored_from: tuple[int, int] | None = None
+        same_shape = (state.get("world_size", sampler.world_size), state.get("accumulate", sampler.accumulate))
+        if same_shape != (sampler.world_size, sampler.accumulate):
+            if state["global_batch"] != sampler.global_batch:
+                raise LightFTError(
+                    f"--ckpt_path: the checkpoint's global batch is {state['global_batch']} items "
+                    f"({state['world_size']} process(es) x {state['accumulate']} accumulated micro-batches), this "
+                    f"run's is {sampler.global_batch}: keep batch_size x trainer.accumulate_grad_batches x devices x "
+                    "num_nodes equal to resume on another number of processes (e.g. double accumulate_grad_batches "
+                    "when halving devices)."
+                )
+            steps, rest = divmod(served, state["accumulate"])
+            if rest:
+                raise LightFTError(
+                    "--ckpt_path: this checkpoint was written in the middle of an optimizer step; resume it on "
+                    f"{state['world_size']} process(es) with accumulate_grad_batches {state['accumulate']}."
+                )
+            self.restored_from = (served, steps * sampler.accumulate)
+            served = steps * sampler.accumulate
+        sampler.start = served % max(1, len(sampler))

@@ -65,6 +65,9 @@ class ModelSpec:
         random_init: Build the architecture from `path`'s config with random weights (tests, memory benchmarks).
         seed: Seed of the random initialisation when `random_init` is set.
         chat_template: Jinja chat template, or `chatml`, used when the tokenizer has none (or to replace it).
+        tokenizer: Where the tokenizer is when it is not beside the weights (default: `path`): a directory, Hub id,
+            `package://NAME`, or a `.gguf` file (a path, or `package://NAME/FILE.gguf`). E.g. the weightless shapes
+            of `configs/models/` trained with random weights and SmolLM2's tokenizer.
     """
 
     path: str
@@ -76,11 +79,12 @@ class ModelSpec:
     random_init: bool = False
     seed: int = 0
     chat_template: str | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         # jsonargparse turns `--model.init_args.model.gguf_file null` into the string "None" when the spec is nested
         # in a class_path's init_args (4.53); an optional name is never literally "None" or "null"
-        for name in ("gguf_file", "revision", "attn_implementation", "chat_template"):
+        for name in ("gguf_file", "revision", "attn_implementation", "chat_template", "tokenizer"):
             if getattr(self, name) in ("None", "null"):
                 object.__setattr__(self, name, None)
 
@@ -167,9 +171,16 @@ def meta_model(spec: ModelSpec, key: str = "model.path", head: Head = "causal_lm
 
 def load_tokenizer(spec: ModelSpec, key: str = "model.path") -> PreTrainedTokenizerBase:
     """Load the tokenizer and apply lightft's fix-ups (distinct pad token, chat template, right padding)."""
-    path, gguf = resolve_path(spec, key)
+    source = spec
+    if spec.tokenizer:  # elsewhere than the weights
+        key = key.rsplit(".", 1)[0] + ".tokenizer"
+        directory, _, name = spec.tokenizer.rpartition("/")
+        gguf = spec.tokenizer.endswith(".gguf") and directory
+        source = ModelSpec(directory if gguf else spec.tokenizer, gguf_file=name if gguf else None,
+                           trust_remote_code=spec.trust_remote_code)  # fmt: skip
+    path, gguf = resolve_path(source, key)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **_hub_kwargs(spec, gguf))
+        tokenizer = AutoTokenizer.from_pretrained(path, **_hub_kwargs(source, gguf))
     except (OSError, ValueError) as err:
         raise _load_error(key, path, err) from err
     if spec.chat_template:

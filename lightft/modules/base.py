@@ -14,10 +14,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from jsonargparse import lazy_instance
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from lightft.checkpoints import RNG_KEY, gather_rng_states, rng_state, set_rng_state
 from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
 from lightft.models.loading import Head, ModelSpec, load_model, load_tokenizer, torch_dtype
@@ -141,18 +142,77 @@ class LightFTModule(pl.LightningModule):
         return {name for name, param in self.named_parameters() if param.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights; make hyper-parameters plain data (loadable with `weights_only=True`)."""
+        """Keep only trainable weights; make hyper-parameters plain data (loadable with `weights_only=True`); add
+        every rank's random state (all ranks run this hook).
+        """  # noqa: D205
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
         if not checkpoint["state_dict"] and self.global_rank == 0:  # sharding strategies gather onto rank 0 only
             raise RuntimeError("refusing to write a checkpoint without trainable weights")
         checkpoint["hyper_parameters"] = plain_hparams(self)
+        if self._trainer is not None:
+            checkpoint[RNG_KEY] = gather_rng_states(self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fail clearly when the checkpoint lacks weights this model trains (another model or strategy)."""
+        """Fail clearly when the checkpoint lacks weights this model trains (another model or strategy); keep the
+        random states for `on_train_start`.
+        """  # noqa: D205
+        self._resume_rng = checkpoint.get(RNG_KEY)
         if "state_dict" not in checkpoint:
             return  # a sharding strategy (FSDP2) loaded the weights itself and checked their keys
         check_trainable_keys(self, checkpoint["state_dict"], "the checkpoint")
+
+    # ---- random state: resume draws what an uninterrupted run draws ---------------------------------------------
+
+    def on_train_start(self) -> None:
+        """A resumed run continues each rank's random streams where the checkpoint left them (after the sanity
+        check, which the uninterrupted run did not repeat at this point).
+        """  # noqa: D205
+        _align_batch_progress(self.trainer)
+        states, self._resume_rng = getattr(self, "_resume_rng", None), None
+        if not states:
+            return
+        if len(states) == self.trainer.world_size:
+            set_rng_state(states[self.global_rank])
+            return
+        seed = torch.initial_seed() + 1_000_003 * self.trainer.global_step + self.global_rank
+        pl.seed_everything(seed % 2**32, workers=True, verbose=False)
+        rank_zero_warn(
+            f"the checkpoint holds the random states of {len(states)} rank(s), this run has "
+            f"{self.trainer.world_size}: each rank is reseeded from the seed, step and rank (dropout masks and samples "
+            "differ from an uninterrupted run; weights, optimizer and data order do not)."
+        )
+
+    def on_validation_start(self) -> None:
+        """Validation during fit does not move the training's random streams (resume and val settings cannot
+        change the training trajectory).
+        """  # noqa: D205
+        self._rng_before_validation = rng_state() if self.trainer.state.fn == "fit" else None
+
+    def on_validation_end(self) -> None:
+        """Put the training's random streams back as they were before validation."""
+        state = getattr(self, "_rng_before_validation", None)
+        if state is not None:
+            set_rng_state(state)
+            self._rng_before_validation = None
+
+
+def _align_batch_progress(trainer: pl.Trainer) -> None:
+    """After resuming on another number of processes, count this epoch's micro-batches as the new shape does.
+
+    Lightning restored its in-epoch batch counters from the checkpoint (the old number of micro-batches per rank);
+    accumulation boundaries and the end of the epoch are decided from them, so they must match where the data
+    loader now resumes (`ResumableDataLoader.load_state_dict`).
+    """
+    restored = getattr(trainer.train_dataloader, "restored_from", None)
+    if not restored:
+        return
+    old, new = restored
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    for counter in (progress.current, progress.total):
+        for name in ("ready", "started", "processed", "completed"):
+            setattr(counter, name, getattr(counter, name) - old + new)
+    trainer.train_dataloader.restored_from = None
 
 
 def apply_seeded(peft: Any, base: nn.Module) -> nn.Module:

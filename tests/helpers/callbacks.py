@@ -110,3 +110,50 @@ class Pace(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         self._write(trainer, str(trainer.global_step))
         time.sleep(self.seconds)
+
+
+class KillAt(pl.Callback):
+    """SIGKILLs the run (`group`: its whole process group, every rank) when micro-batch number `batch` (counted
+    from 1 over the whole run, resumes included: from the step the run starts at) has run; with `during_save`,
+    instead in the middle of writing the first checkpoint after that: half the file written, then killed."""
+
+    def __init__(self, batch: int, during_save: bool = False, group: bool = False) -> None:
+        self.batch, self.during_save, self.group = batch, during_save, group
+        self.seen = 0
+        self.armed = False
+
+    def _kill(self) -> None:
+        import os
+        import signal
+
+        if self.group:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.seen = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+        if self.during_save:
+            io = trainer.strategy.checkpoint_io
+            save = io.save_checkpoint
+
+            def half_then_kill(checkpoint, path, storage_options=None):
+                if not self.armed:
+                    return save(checkpoint, path, storage_options)
+                import io as _io
+
+                buffer = _io.BytesIO()
+                torch.save(checkpoint, buffer)
+                with open(path, "wb") as f:
+                    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                    f.flush()
+                self._kill()
+
+            io.save_checkpoint = half_then_kill
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.seen >= self.batch:
+            if self.during_save:
+                self.armed = True
+            else:
+                self._kill()

