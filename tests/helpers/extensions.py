@@ -85,3 +85,23 @@ class NLLRegularisedDPO(DPOModule):
         self.log(f"{split}/chosen_nll", policy.chosen_nll.mean().detach(), batch_size=len(policy.chosen))
         losses = output.losses + self.alpha * policy.chosen_nll
         return PreferenceOutput(losses, output.chosen_rewards, output.rejected_rewards), policy
+
+
+class PoisonedSFT(SFTModule):
+    """SFT whose loss (`where: loss`) or one gradient (`where: grad`) is made non-finite at the listed optimizer
+    steps (0-based global steps): what a bad batch or an exploding update looks like to the non-finite guard."""
+
+    def __init__(self, *args: Any, poison: list[int] | None = None, where: str = "loss", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.poison, self.where = set(poison or []), where
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if self.where == "loss" and self.trainer.global_step in self.poison:
+            loss = loss * float("nan")
+        return loss
+
+    def on_after_backward(self) -> None:
+        if self.where == "grad" and self.trainer.global_step in self.poison:
+            param = next(p for p in self.parameters() if p.grad is not None)
+            param.grad[0] = float("inf")
