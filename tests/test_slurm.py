@@ -105,7 +105,7 @@ def test_a_signalled_job_checkpoints_requeues_and_resumes(slurm, tmp_path):
     text = log(tmp_path, job_id)
     hpc = tmp_path / "run" / "hpc_ckpt_1.ckpt"
     # lightft's Preemption callback: the checkpoint at the next step boundary, then Lightning's requeue command
-    assert f"lightft: SIGUSR1 received; stopped after step" in text and f"requeued SLURM job {job_id}" in text
+    assert "lightft: SIGUSR1 received; stopped after step" in text and f"requeued SLURM job {job_id}" in text
     assert "restart 1:" in text
     assert f"Restored all states from the checkpoint at {hpc}" in text
     signalled_at = trained_steps(hpc)
