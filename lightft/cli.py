@@ -24,7 +24,7 @@ from lightft.callbacks import NonFiniteGuard, PredictionWriter, Preemption, Trai
 from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
 
-EXTRA_COMMANDS = ("estimate", "bench", "export", "generate")
+EXTRA_COMMANDS = ("estimate", "bench", "doctor", "export", "generate")
 TRAINER_DEFAULTS: dict[str, Any] = {
     "default_root_dir": "runs/default",
     "use_distributed_sampler": False,  # the batch planner splits data across ranks itself

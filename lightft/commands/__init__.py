@@ -1,7 +1,7 @@
-"""Commands beside LightningCLI's: `lightft estimate`, `bench`, `export` and `generate`.
+"""Commands beside LightningCLI's: `lightft estimate`, `bench`, `doctor`, `export` and `generate`.
 
-`export` and `generate` are typed by jsonargparse from their signatures; `estimate` and `bench` read `lightft fit`'s
-arguments.
+`export` and `generate` are typed by jsonargparse from their signatures; `estimate`, `bench` and `doctor` read
+`lightft fit`'s arguments.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from jsonargparse import auto_cli
 
 def run_command(name: str, args: list[str]) -> None:
     """Parse `args` against the command's signature and run it."""
-    if name in ("estimate", "bench"):  # they take `lightft fit`'s config arguments, parsed by LightningCLI
-        from lightft.commands import bench, estimate
+    if name in ("estimate", "bench", "doctor"):  # they take `lightft fit`'s config arguments (LightningCLI's parser)
+        from lightft.commands import bench, doctor, estimate
 
-        return (estimate if name == "estimate" else bench).main(args)
+        return {"estimate": estimate, "bench": bench, "doctor": doctor}[name].main(args)
     if name == "export":
         from lightft.commands.export import export as function
     else:

@@ -17,18 +17,28 @@ from lightft.errors import LightFTError
 from lightft.memory import GIB, Estimate, Plan, estimate
 
 
-def plan_and_model(args: list[str]) -> tuple[Plan, Any, Any]:
-    """Parse a `lightft fit` command line into a Plan, the PEFT-wrapped meta-device model and its quantization."""
+def parse_fit_args(args: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """A `lightft fit` command line -> (module, data module, trainer arguments); no Trainer, nothing loaded."""
     from lightft.cli import check_config_files
-    from lightft.models.loading import meta_model, torch_dtype
-    from lightft.modules.base import apply_seeded
-    from lightft.strategies import strategy_kind, zero_stage
 
     check_config_files(args)
     with warnings.catch_warnings():  # `args` given while sys.argv also holds them: intended here
         warnings.filterwarnings("ignore", message=".*args parameter is intended")
         cli = _parse_only_cli()(args=args, run=False)
-    module, data, trainer = cli.model, cli.datamodule, cli.config_init["trainer"]
+    return cli.model, cli.datamodule, cli.config_init["trainer"]
+
+
+def plan_and_model(args: list[str]) -> tuple[Plan, Any, Any]:
+    """Parse a `lightft fit` command line into a Plan, the PEFT-wrapped meta-device model and its quantization."""
+    return plan_for(*parse_fit_args(args))
+
+
+def plan_for(module: Any, data: Any, trainer: dict[str, Any]) -> tuple[Plan, Any, Any]:
+    """The Plan of a parsed run, the PEFT-wrapped meta-device model and its quantization."""
+    from lightft.models.loading import meta_model, torch_dtype
+    from lightft.modules.base import apply_seeded
+    from lightft.strategies import strategy_kind, zero_stage
+
     strategy = trainer.get("strategy")
     kind = strategy_kind(strategy) if not isinstance(strategy, str) else _named_kind(strategy)
     stage = zero_stage(strategy) if kind == "deepspeed" and not isinstance(strategy, str) else 0

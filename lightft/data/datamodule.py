@@ -74,6 +74,7 @@ class TokenDataModule(pl.LightningDataModule):
         self.packing = False
         self._tokenizer: Any = None
         self.datasets: dict[str, Dataset] = {}
+        self.stats: dict[str, Any] = {}  # split -> what encoding kept, truncated and dropped (`SplitStats`)
 
     def encode(self, name: str, report: bool = True) -> Any:
         """The encoded rows of split `name` (cached by `datasets`)."""
@@ -244,6 +245,7 @@ class SFTDataModule(TokenDataModule):
         if name == "predict":
             return encode_prompts(self.specs[name], key, self.tokenizer, self.max_length)
         encoded, stats = encode_split(self.specs[name], key, self.tokenizer, self.max_length, self.truncation)
+        self.stats[name] = stats
         if report:
             rank_zero_info(stats.summary(f"{name} ({self.specs[name].path})"))
         return encoded

@@ -71,6 +71,7 @@ class PreferenceDataModule(TokenDataModule):
         if len(kinds) > 1:
             raise LightFTError(f"{KEY}.{name} ({spec.path}): mixes paired and unpaired (KTO) data with other splits.")
         self.paired[name] = paired
+        self.stats[name] = stats
         if report:
             rank_zero_info(stats.summary(f"{name} ({spec.path})", "pairs" if paired else "examples"))
         return encoded
