@@ -191,10 +191,28 @@ DETAIL = re.compile(
 )
 
 
+IMPORT_PROBLEM = re.compile(r"No module named|has no attribute|cannot import|not accessible|ImportError")
+
+
 def config_error(message: str) -> str:
     """Jsonargparse's nested, multi-line parse errors condensed to one line that names the key."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     keys = [m.group(1) for line in lines if (m := re.search(r'(?:Parser key|Key) "([^"]+)"', line))]
+    where = ".init_args.".join(keys) or "class_path"
+    for line in lines:
+        protocol = re.search(r"Import path (\S+) does not implement protocol (\w+)", line)
+        if protocol:
+            return (
+                f"{where}: '{protocol.group(1)}' does not implement {protocol.group(2)}: its methods must take the "
+                f"protocol's parameters, by the same names (see {protocol.group(2)}'s docstring)."
+            )
+    for i in range(len(lines) - 2, -1, -1):  # the innermost class_path that could not be imported
+        found = re.search(r"Problem with given class_path '([^']+)':", lines[i])
+        if found and IMPORT_PROBLEM.search(lines[i + 1]) and not lines[i + 1].startswith("Parser key"):
+            return (
+                f"{where}: cannot import '{found.group(1)}' ({lines[i + 1].lstrip('- ')}); check the class_path "
+                "spelling, or install the package that defines it."
+            )
     classes = [m.group(1) for line in lines if (m := re.search(r"class_path '([^']+)'", line))]
     details = [line for line in lines if DETAIL.search(line) and not line.startswith("Given value")]
     where = f"{keys[0]}: " if keys else ""

@@ -137,22 +137,24 @@ def _messages(value: Any, name: str, where: str) -> list[dict[str, str]]:
     return messages
 
 
-def prompt_completion(prompt: Any, completion: Any, where: str) -> Example:
-    """A prompt and its trained completion, both plain strings or both lists of messages."""
+def prompt_completion(prompt: Any, completion: Any, where: str, name: str = "completion") -> Example:
+    """A prompt and its trained completion (field `name`), both plain strings or both lists of messages."""
     if isinstance(prompt, list) or isinstance(completion, list):
         prompt_msgs = _messages(prompt, "prompt", where)
-        completion_msgs = _messages(completion, "completion", where)
+        completion_msgs = _messages(completion, name, where)
         messages = prompt_msgs + completion_msgs
         trained = [i for i in range(len(prompt_msgs), len(messages)) if messages[i]["role"] == "assistant"]
         return Example(messages, trained)
-    return Example(segments=[(_text(prompt, "prompt", where), False), (_text(completion, "completion", where), True)])
+    return Example(segments=[(_text(prompt, "prompt", where), False), (_text(completion, name, where), True)])
 
 
 def prompt_example(prompt: Any, where: str) -> Example:
-    """A prompt with nothing to train: a list of messages or a plain string."""
+    """A prompt with nothing to train: a list of messages or a plain string (not empty: nothing to continue)."""
     if isinstance(prompt, list):
         return Example(_messages(prompt, "prompt", where), [])
-    return Example(segments=[(_text(prompt, "prompt", where), False)])
+    if not _text(prompt, "prompt", where).strip():
+        raise LightFTError(f"{where}: field 'prompt' is empty; a generation prompt needs text (fix or drop the row).")
+    return Example(segments=[(prompt, False)])
 
 
 def _alpaca(row: Mapping[str, Any], conversational: bool, where: str) -> Example:

@@ -27,15 +27,25 @@ PREFERENCE_FORMATS = (*PAIRED_FORMATS, "unpaired_preference")
 
 def to_pair(row: Mapping[str, Any], fmt: str, where: str) -> tuple[Example, Example]:
     """(prompt + chosen, prompt + rejected) of one preference row."""
+    for name in ("chosen", "rejected") if fmt == "implicit_preference" else ("prompt", "chosen", "rejected"):
+        if row.get(name) is None:
+            raise LightFTError(f"{where}: field '{name}' is missing or null (format {fmt}); fix the row or drop it.")
+    if row["chosen"] == row["rejected"]:
+        raise LightFTError(
+            f"{where}: 'chosen' and 'rejected' are identical, a pair that teaches nothing; fix the row or drop it."
+        )
     if fmt == "implicit_preference":
         prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"], where)
     else:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-    return prompt_completion(prompt, chosen, where), prompt_completion(prompt, rejected, where)
+    return prompt_completion(prompt, chosen, where, "chosen"), prompt_completion(prompt, rejected, where, "rejected")
 
 
 def to_unpaired(row: Mapping[str, Any], where: str) -> tuple[Example, bool]:
     """(prompt + completion, desirable) of one KTO row."""
+    for name in ("prompt", "completion", "label"):
+        if row.get(name) is None:
+            raise LightFTError(f"{where}: field '{name}' is missing or null (format unpaired_preference); fix the row.")
     label = row["label"]
     if not isinstance(label, bool):
         raise LightFTError(f"{where}: field 'label' must be true (desirable) or false (undesirable), got {label!r}.")

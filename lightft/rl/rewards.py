@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -21,9 +21,15 @@ KEY = "model.init_args.reward"
 
 @runtime_checkable
 class RewardFunction(Protocol):
-    """Scores completions: one float per completion (higher is better)."""
+    """Scores completions: one float per completion (higher is better).
 
-    def __call__(self, prompts: list[str], completions: list[str], references: list[str]) -> Sequence[float] | Tensor:
+    Any class with this `__call__` (the same parameter names) can be named by `class_path`; it need not subclass
+    this protocol. The arguments are lists of strings; the answer one float per completion (a list, tuple, numpy
+    array or tensor). They are annotated `Any` here so that jsonargparse accepts an implementation whatever its own
+    annotations say (it compares a protocol's annotations with an implementation's exactly otherwise).
+    """
+
+    def __call__(self, prompts: Any, completions: Any, references: Any) -> Any:
         """Score `completions[i]`, the answer to `prompts[i]` (reference answer `references[i]`, may be empty)."""
 
 

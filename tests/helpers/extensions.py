@@ -105,3 +105,24 @@ class PoisonedSFT(SFTModule):
         if self.where == "grad" and self.trainer.global_step in self.poison:
             param = next(p for p in self.parameters() if p.grad is not None)
             param.grad[0] = float("inf")
+
+
+class BrokenReward:
+    """A user's reward function with a bug: it raises."""
+
+    def __call__(self, prompts: list[str], completions: list[str], references: list[str]) -> list[float]:
+        return [float(c.split()[0]) for c in completions]  # ValueError on any non-numeric first word
+
+
+class ShortReward:
+    """A user's reward function that scores only the first completion."""
+
+    def __call__(self, prompts: list[str], completions: list[str], references: list[str]) -> list[float]:
+        return [1.0]
+
+
+class MisnamedReward:
+    """A reward function whose `__call__` does not take the protocol's arguments."""
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        return [0.0] * len(texts)
