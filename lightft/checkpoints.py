@@ -186,6 +186,9 @@ def _read_deepspeed(path: Path) -> dict[str, Any]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_files
     except ImportError:
         raise LightFTError(f"--ckpt: '{path}' is a DeepSpeed checkpoint; pip install 'lightft[deepspeed]'.") from None
+    from lightft.strategies import check_deepspeed_files
+
+    check_deepspeed_files(path)  # DeepSpeed's reader unpickles without weights_only: refuse foreign objects first
     tag = (path / "latest").read_text().strip()
     state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag, exclude_frozen_parameters=True)
     # Lightning's own entries (hyper-parameters, loops, ...) are in rank 0's model-states file beside DeepSpeed's

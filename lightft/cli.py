@@ -150,11 +150,30 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lightft: error: {config_error(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as err:
-        user_error = _find_user_error(err)
+        user_error = _find_user_error(err) or _unsafe_checkpoint(err, words)
         if user_error is None:
             raise
         print(f"lightft: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _unsafe_checkpoint(err: BaseException, words: list[str]) -> LightFTError | None:
+    """A checkpoint refused by `torch.load(weights_only=True)`: it holds pickled Python objects."""
+    import pickle
+
+    while err is not None and not isinstance(err, pickle.UnpicklingError):
+        err = err.__cause__ or err.__context__
+    if err is None:
+        return None
+    flag = next((w for w in words if w in ("--ckpt_path", "--ckpt")), "--ckpt_path")
+    path = words[words.index(flag) + 1] if flag in words and words.index(flag) + 1 < len(words) else "the checkpoint"
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    what = found.group(1) if found else "objects other than tensors and plain data"
+    retry = " (add --weights_only false)" if flag == "--ckpt_path" else ""
+    return LightFTError(
+        f"{flag}: '{path}' holds pickled Python objects ({what}), which would run code when loaded; lightft loads "
+        f"checkpoints with weights_only and refuses it. Load it only if you wrote it and trust it{retry}."
+    )
 
 
 def check_config_files(words: list[str]) -> None:

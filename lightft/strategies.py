@@ -436,6 +436,15 @@ class DeepSpeed(DeepSpeedStrategy):
         self.set_world_ranks()
         self._init_deepspeed_distributed()
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """DeepSpeed unpickles its files without `weights_only`; with it (the default), each file is first read
+        under `weights_only=True` (DeepSpeed's own enum and loss-scaler classes allowed, memory-mapped, cheap) and
+        a file holding anything else is refused before DeepSpeed loads it.
+        """  # noqa: D205
+        if weights_only is not False:
+            check_deepspeed_files(Path(self.broadcast(str(checkpoint_path))))
+        return super().load_checkpoint(checkpoint_path, weights_only)
+
     @contextmanager
     def model_sharded_context(self) -> Iterator[None]:
         """ZeRO-3: transformers builds and loads the base model partitioned (`zero.Init` of its own).
@@ -450,6 +459,24 @@ class DeepSpeed(DeepSpeedStrategy):
 
             self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)  # transformers keeps a weak reference
         yield
+
+
+def deepspeed_safe_globals() -> list[Any]:
+    """The classes DeepSpeed pickles into its checkpoints besides tensors and plain data (allowed when checking)."""
+    from deepspeed.runtime.fp16 import loss_scaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return [ZeroStageEnum, loss_scaler.LossScaler, loss_scaler.DynamicLossScaler]
+
+
+def check_deepspeed_files(path: Path) -> None:
+    """Raise (`pickle.UnpicklingError`) if a file of the DeepSpeed checkpoint at `path` holds other objects."""
+    files = sorted(path.rglob("*.pt"))
+    if not files:
+        return  # not a DeepSpeed directory: DeepSpeed reports that itself
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        for file in files:
+            torch.load(file, map_location="cpu", mmap=True, weights_only=True)
 
 
 def zero_stage(strategy: DeepSpeedStrategy) -> int:
