@@ -462,11 +462,15 @@ class DeepSpeed(DeepSpeedStrategy):
 
 
 def deepspeed_safe_globals() -> list[Any]:
-    """The classes DeepSpeed pickles into its checkpoints besides tensors and plain data (allowed when checking)."""
+    """The classes DeepSpeed pickles into its checkpoints besides tensors and plain data: its configuration enums,
+    loss scalers and parameter-fragment records (allowed when checking, nothing else is).
+    """  # noqa: D205
     from deepspeed.runtime.fp16 import loss_scaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [ZeroStageEnum, loss_scaler.LossScaler, loss_scaler.DynamicLossScaler]
+    return [ZeroStageEnum, OffloadDeviceEnum, loss_scaler.LossScaler, loss_scaler.DynamicLossScaler, fragment_address]
 
 
 def check_deepspeed_files(path: Path) -> None:
