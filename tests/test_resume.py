@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightft.checkpoints import read_checkpoint
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -32,8 +33,9 @@ BASE = ["--config", str(ROOT / "configs" / "debug" / "tiny.yaml"),
         "--trainer.max_steps", str(STEPS), "--trainer.accumulate_grad_batches", "2",
         "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2",
         "--data.init_args.batch_size", "2", "--checkpoint.every_n_train_steps", "2"]  # fmt: skip
-TWO = ["--config", str(ROOT / "configs" / "trainer" / "cpu2.yaml"),
-       "--config", str(ROOT / "configs" / "trainer" / "ddp.yaml"), "--data.init_args.batch_size", "1"]  # fmt: skip
+TRAINER = ROOT / "configs" / "trainer"
+TWO = ["--config", str(TRAINER / "cpu2.yaml"), "--config", str(TRAINER / "ddp.yaml"),
+       "--data.init_args.batch_size", "1"]  # fmt: skip
 
 
 def fit(root: Path, *extra: str, callbacks: tuple[dict, ...] = (), wait: bool = True, timeout: int = 600):
@@ -48,7 +50,7 @@ def fit(root: Path, *extra: str, callbacks: tuple[dict, ...] = (), wait: bool = 
 
 
 def weights(root: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(root / "checkpoints" / "last.ckpt")  # a file, or FSDP2's directory of shards
     assert ckpt["global_step"] == STEPS
     return ckpt["state_dict"]
 
@@ -114,24 +116,34 @@ def test_two_processes_killed_resume_to_the_same_weights(tmp_path, straight_two)
     assert_same(resume(tmp_path, *TWO), straight_two, atol=1e-6)
 
 
-def test_two_processes_resume_on_one(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_resume_on_one(tmp_path, strategy):
     """2 processes x 1 micro-batch x 2 accumulated to step 4, then 1 process x 1 x 4 to the end == 2 processes
-    throughout. Without dropout: a rank's random stream cannot be split over another number of ranks. Resuming with
-    another global batch (1 x 1 x 2) is refused first, and leaves the checkpoint as it was."""
-    no_dropout = ("--model.init_args.peft.init_args.dropout", "0.0")
-    code, out = fit(tmp_path / "straight", *TWO, *no_dropout)
+    throughout. DDP: one checkpoint file; FSDP2: a directory of shards, resharded from 2 ranks to 1 on load.
+    Without dropout: a rank's random stream cannot be split over another number of ranks. Resuming with another
+    global batch (1 x 1 x 2) is refused first, and leaves the checkpoint as it was."""
+    flags = ["--model.init_args.peft.init_args.dropout", "0.0", "--config", str(TRAINER / f"{strategy}.yaml")]
+    if strategy == "fsdp2":
+        flags += ["--trainer.strategy.init_args.save_distributed_checkpoint", "true"]
+    two = [*TWO[:2], *flags, "--data.init_args.batch_size", "1"]  # cpu2.yaml, then this strategy
+    code, out = fit(tmp_path / "straight", *two)
     assert code == 0, out[-2000:]
-    code, out = fit(tmp_path / "run", *TWO, *no_dropout, "--trainer.max_steps", "4")
+    code, out = fit(tmp_path / "run", *two, "--trainer.max_steps", "4")
     assert code == 0, out[-2000:]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    before = last.read_bytes()
-    other = ("--data.init_args.batch_size", "1")
-    code, out = fit(tmp_path / "run", *no_dropout, *other, "--ckpt_path", str(last))
+    assert last.is_dir() == (strategy == "fsdp2")
+    before = snapshot(last)
+    one = [*flags, "--trainer.devices", "1", "--data.init_args.batch_size", "1"]
+    code, out = fit(tmp_path / "run", *one, "--ckpt_path", str(last))
     assert code != 0 and "--ckpt_path: the checkpoint's global batch is 4 items" in out, out[-2000:]
-    assert last.read_bytes() == before
-    one = ["--trainer.accumulate_grad_batches", "4", "--data.init_args.batch_size", "1"]
-    resumed = resume(tmp_path / "run", *no_dropout, *one)
+    assert snapshot(last) == before
+    resumed = resume(tmp_path / "run", *one, "--trainer.accumulate_grad_batches", "4")
     assert_same(resumed, weights(tmp_path / "straight"), atol=2e-5)
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return {str(f): f.read_bytes() for f in files if f.is_file()}
 
 
 def _wait_for_step(proc: subprocess.Popen, trace: Path, step: int) -> None:
