@@ -5,7 +5,8 @@ its losses of the step and its local gradients; the ranks agree (one all-reduce)
 dropped (`grad = None`: AdamW and the bitsandbytes optimizers leave such a parameter, its moments and its step count
 untouched), `train/skipped_steps` is logged, and the step's examples (row indices and token ids) are written to
 `<run dir>/nonfinite/step-<N>-rank<R>.json`. After `max_consecutive` bad steps in a row the run stops with an
-error naming the dump. The learning-rate schedule still advances by the skipped step.
+error naming the dump. The learning-rate schedule still advances by the skipped step. With fp16 and a GradScaler,
+overflowing gradients are left to the scaler (it skips the step and lowers the scale); only non-finite losses count.
 
 DeepSpeed keeps its own gradient buffers, so a step cannot be skipped from outside: there the first bad step
 stops the run (after the dump).
@@ -46,6 +47,13 @@ class NonFiniteGuard(pl.Callback):
         if self.dump_examples and isinstance(batch, dict):
             self._batches.append(_describe(batch))
 
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Manual optimization: the batch's optimizer steps are done."""
+        if not pl_module.automatic_optimization:
+            self._batches = []
+
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         """Note a non-finite micro-batch loss."""
         if not bool(torch.isfinite(loss.detach()).all()):
@@ -55,17 +63,24 @@ class NonFiniteGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         """Drop the step's gradients if any rank saw a non-finite loss or gradient."""
-        bad = self._bad_loss or not _finite_grads(optimizer)
+        # fp16 with a GradScaler: overflowing gradients are the scaler's business (it skips the step and lowers the
+        # scale; dropping them here would hide the overflow from it), only a non-finite loss counts
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        bad = self._bad_loss or (scaler is None and not _finite_grads(optimizer))
         bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        batches, self._batches, self._bad_loss = self._batches, [], False
+        batches = list(self._batches)
+        self._bad_loss = False
+        if pl_module.automatic_optimization:  # manual optimization (PPO) steps several times per batch
+            self._batches = []
         if not bad:
             self.consecutive = 0
             return
         self.consecutive += 1
         self.skipped += 1
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                param.grad = None
+        if scaler is None:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
         dump = self._dump(trainer, batches)
         pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False, rank_zero_only=True)
         where = f"; examples in {dump.parent}" if dump else ""

@@ -72,6 +72,17 @@ class LightFTModule(pl.LightningModule):
             trainer = self._trainer
             check_compatibility(self, trainer.datamodule if trainer is not None else None, trainer)
             self.compatibility_checked = True
+        trainer = self._trainer
+        interval, accumulate = (
+            getattr(trainer, "val_check_interval", None),
+            getattr(trainer, "accumulate_grad_batches", 1),
+        )
+        if stage == "fit" and isinstance(interval, int) and accumulate > 1 and interval % accumulate:
+            rank_zero_warn(
+                f"trainer.val_check_interval ({interval} micro-batches) is not a multiple of accumulate_grad_batches "
+                f"({accumulate}): validation, and a checkpoint saved after it, fall inside an optimizer step, and a "
+                f"run resumed from such a checkpoint loses that step's first gradients; use a multiple of {accumulate}."
+            )
 
     def configure_model(self) -> None:
         """Load -> quantize -> apply PEFT -> gradient checkpointing. Runs once; later calls do nothing."""

@@ -183,3 +183,12 @@ def test_python_built_modules_store_plain_hyperparameters(tiny_spec):
     assert peft["class_path"] == "lightft.peft.lora.QLoRA"
     assert peft["init_args"]["r"] == 3 and peft["init_args"]["quant_type"] == "fp4"
     assert hparams["model"]["path"] == tiny_spec.path and hparams["optimizer"]["name"] == "adamw"
+
+
+def test_validation_inside_an_optimizer_step_is_warned_about(tmp_path, tiny_spec):
+    """A checkpoint written after such a validation would resume without the step's first gradients."""
+    data = datamodule(tiny_spec, batch_size=2, val=DatasetSpec(str(QUICKSTART / "val.jsonl"), max_examples=4))
+    with pytest.warns(UserWarning, match=r"val_check_interval \(3 micro-batches\) is not a multiple of accumulate"):
+        trainer(tmp_path, max_steps=1, accumulate_grad_batches=2, val_check_interval=3, limit_val_batches=1).fit(
+            module(tiny_spec, peft=LoRA(r=4, dropout=0.0)), data
+        )
