@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash launch/setup_env.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest "$@"
+# two workers (the machines have 2 cores; most tests wait on subprocesses), whole files per worker so a module's
+# shared runs are made once; LIGHTFT_TEST_WORKERS=0 runs everything in this process
+exec .venv/bin/python -m pytest -n "${LIGHTFT_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -1,5 +1,6 @@
-"""Exact resume: a run killed with SIGKILL (mid-step, or halfway through writing a checkpoint) or preempted with
-SIGTERM / SIGUSR1, then resumed, ends with the trainable weights of an uninterrupted run.
+"""Exact resume on one process: a run killed with SIGKILL (mid-step, or halfway through writing a checkpoint) or
+preempted with SIGTERM, then resumed, ends with the trainable weights of an uninterrupted run (two processes:
+tests/test_resume_distributed.py).
 
 Every run is a real `lightft fit` process on the tiny model with LoRA dropout 0.1 (so the random streams matter),
 2 accumulated micro-batches per step, validation every 4 micro-batches (it must not move the training's random
@@ -102,50 +103,6 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, stra
     assert_same(resume(tmp_path), straight)
 
 
-@pytest.fixture(scope="module")
-def straight_two(tmp_path_factory) -> dict[str, torch.Tensor]:
-    root = tmp_path_factory.mktemp("straight-two")
-    code, out = fit(root, *TWO)
-    assert code == 0, out[-3000:]
-    return weights(root)
-
-
-def test_two_processes_killed_resume_to_the_same_weights(tmp_path, straight_two):
-    code, out = fit(tmp_path, *TWO, callbacks=(kill_at(7, group=True),))  # every rank dies at micro-batch 7
-    assert code == -signal.SIGKILL, out[-2000:]
-    assert_same(resume(tmp_path, *TWO), straight_two, atol=1e-6)
-
-
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_processes_resume_on_one(tmp_path, strategy):
-    """2 processes x 1 micro-batch x 2 accumulated to step 4, then 1 process x 1 x 4 to the end == 2 processes
-    throughout. DDP: one checkpoint file; FSDP2: a directory of shards, resharded from 2 ranks to 1 on load.
-    Without dropout: a rank's random stream cannot be split over another number of ranks. Resuming with another
-    global batch (1 x 1 x 2) is refused first, and leaves the checkpoint as it was."""
-    flags = ["--model.init_args.peft.init_args.dropout", "0.0", "--config", str(TRAINER / f"{strategy}.yaml")]
-    if strategy == "fsdp2":
-        flags += ["--trainer.strategy.init_args.save_distributed_checkpoint", "true"]
-    two = [*TWO[:2], *flags, "--data.init_args.batch_size", "1"]  # cpu2.yaml, then this strategy
-    code, out = fit(tmp_path / "straight", *two)
-    assert code == 0, out[-2000:]
-    code, out = fit(tmp_path / "run", *two, "--trainer.max_steps", "4")
-    assert code == 0, out[-2000:]
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert last.is_dir() == (strategy == "fsdp2")
-    before = snapshot(last)
-    one = [*flags, "--trainer.devices", "1", "--data.init_args.batch_size", "1"]
-    code, out = fit(tmp_path / "run", *one, "--ckpt_path", str(last))
-    assert code != 0 and "--ckpt_path: the checkpoint's global batch is 4 items" in out, out[-2000:]
-    assert snapshot(last) == before
-    resumed = resume(tmp_path / "run", *one, "--trainer.accumulate_grad_batches", "4")
-    assert_same(resumed, weights(tmp_path / "straight"), atol=2e-5)
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    return {str(f): f.read_bytes() for f in files if f.is_file()}
-
-
 def _wait_for_step(proc: subprocess.Popen, trace: Path, step: int) -> None:
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -156,13 +113,10 @@ def _wait_for_step(proc: subprocess.Popen, trace: Path, step: int) -> None:
     raise AssertionError(f"the run never reached step {step}: {proc.communicate()[0][-2000:]}")
 
 
-@pytest.mark.parametrize(
-    ("signum", "two"), [(signal.SIGTERM, False), (signal.SIGUSR1, True)], ids=["sigterm", "sigusr1-ddp"]
-)
-def test_preemption_checkpoints_at_a_step_boundary_and_resumes(tmp_path, signum, two, straight, request):
+def preempt(tmp_path: Path, signum: int, *extra: str) -> dict[str, torch.Tensor]:
+    """Signal a paced run after step 3; it must checkpoint at a step boundary and exit 0. The resumed weights."""
     trace = tmp_path / "trace.txt"
     pace = {"class_path": "tests.helpers.callbacks.Pace", "init_args": {"seconds": 0.5, "path": str(trace)}}
-    extra = TWO if two else ()
     proc = fit(tmp_path, *extra, callbacks=(pace,), wait=False)
     _wait_for_step(proc, trace, 3)
     os.kill(proc.pid, signum)  # the launching process (rank 0); it forwards the signal to the rank it started
@@ -174,5 +128,8 @@ def test_preemption_checkpoints_at_a_step_boundary_and_resumes(tmp_path, signum,
     assert 3 <= saved["global_step"] < STEPS
     loader = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert loader["served"] % loader["accumulate"] == 0  # at an optimizer-step boundary, not mid-accumulation
-    expected = request.getfixturevalue("straight_two") if two else straight
-    assert_same(resume(tmp_path, *extra), expected, atol=1e-6 if two else 0.0)
+    return resume(tmp_path, *extra)
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_resumes_bitwise(tmp_path, straight):
+    assert_same(preempt(tmp_path, signal.SIGTERM), straight)
