@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             run_command(words[0], words[1:])
         else:
             check_config_files(words)
+            check_ckpt_path(words)
             LightFTCLI(args=argv)
     except ArgumentError as err:
         print(f"lightft: error: {config_error(str(err))}", file=sys.stderr)
@@ -158,15 +159,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _unsafe_checkpoint(err: BaseException, words: list[str]) -> LightFTError | None:
-    """A checkpoint refused by `torch.load(weights_only=True)`: it holds pickled Python objects."""
+    """A checkpoint refused by `torch.load(weights_only=True)` (it holds pickled Python objects), or one that is
+    not a readable torch file at all (truncated, or something else).
+    """  # noqa: D205
     import pickle
 
+    flag = next((w for w in words if w in ("--ckpt_path", "--ckpt")), "--ckpt_path")
+    path = words[words.index(flag) + 1] if flag in words and words.index(flag) + 1 < len(words) else "the checkpoint"
     while err is not None and not isinstance(err, pickle.UnpicklingError):
+        if isinstance(err, RuntimeError) and "PytorchStreamReader failed" in str(err):
+            return LightFTError(
+                f"{flag}: '{path}' is not a readable checkpoint ({str(err).strip().splitlines()[0]}); it is truncated "
+                "or not a torch file: resume from another one (lightft writes them atomically: last.ckpt is whole)."
+            )
         err = err.__cause__ or err.__context__
     if err is None:
         return None
-    flag = next((w for w in words if w in ("--ckpt_path", "--ckpt")), "--ckpt_path")
-    path = words[words.index(flag) + 1] if flag in words and words.index(flag) + 1 < len(words) else "the checkpoint"
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
     what = found.group(1) if found else "objects other than tensors and plain data"
     retry = " (add --weights_only false)" if flag == "--ckpt_path" else ""
@@ -174,6 +182,22 @@ def _unsafe_checkpoint(err: BaseException, words: list[str]) -> LightFTError | N
         f"{flag}: '{path}' holds pickled Python objects ({what}), which would run code when loaded; lightft loads "
         f"checkpoints with weights_only and refuses it. Load it only if you wrote it and trust it{retry}."
     )
+
+
+def check_ckpt_path(words: list[str]) -> None:
+    """`--ckpt_path FILE` exists (Lightning's own names `last`, `best`, `hpc` and `registry` aside), before anything
+    is built or written.
+    """  # noqa: D205
+    for flag, value in zip(words, words[1:], strict=False):
+        if (
+            flag == "--ckpt_path"
+            and value not in ("last", "best", "hpc", "registry", "null")
+            and not Path(value).exists()
+        ):
+            raise LightFTError(
+                f"--ckpt_path: checkpoint '{value}' not found; a run keeps them in "
+                "<trainer.default_root_dir>/checkpoints/ (last.ckpt is the latest)."
+            )
 
 
 def check_config_files(words: list[str]) -> None:

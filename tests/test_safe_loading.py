@@ -45,6 +45,22 @@ def test_exporting_a_pickle_is_refused(tmp_path, capsys, evil):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys):
+    line = _error(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "run"),
+                  "--ckpt_path", str(tmp_path / "nope.ckpt"))  # fmt: skip
+    assert line.startswith(f"lightft: error: --ckpt_path: checkpoint '{tmp_path / 'nope.ckpt'}' not found")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_truncated_checkpoint_is_one_line(tmp_path, capsys):
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, good)
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(good.read_bytes()[:2000])  # what a non-atomic save cut short would leave
+    line = _error(capsys, "export", "--ckpt", str(bad), "--out", str(tmp_path / "out"))
+    assert line.startswith(f"lightft: error: --ckpt: '{bad}' is not a readable checkpoint (PytorchStreamReader")
+
+
 def test_deepspeed_files_are_checked_before_deepspeed_unpickles_them(tmp_path):
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
