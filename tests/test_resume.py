@@ -98,7 +98,11 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, stra
     code, out = fit(tmp_path, callbacks=(kill_at(9, during_save=True),))  # the save at step 6 is cut in half
     assert code == -signal.SIGKILL, out[-2000:]
     partial = list((tmp_path / "checkpoints" / ".partial").iterdir())
-    assert [p.name for p in partial] == ["last.ckpt"] or len(partial) == 1  # the half-written file, hidden
+    # the step-6 checkpoint (written before last.ckpt) was cut in half under its hidden name, and is not loadable
+    assert [p.name for p in partial] == ["epoch=0-step=6.ckpt"], [p.name for p in partial]
+    with pytest.raises(RuntimeError, match="PytorchStreamReader"):
+        torch.load(partial[0], weights_only=True)
+    assert not (tmp_path / "checkpoints" / "epoch=0-step=6.ckpt").exists()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert_same(resume(tmp_path), straight)
 

@@ -66,8 +66,11 @@ def main(args: list[str]) -> None:
 def diagnose(module: Any, data: Any, trainer: dict[str, Any], n_examples: int = 2, color: bool = False) -> Report:
     """Every check on a parsed run (module, data module, trainer arguments)."""
     report = Report()
+    # the Plan and the meta-device model, built once for the strategy check and the memory estimate
+    planned = _guarded(report, "configuration", lambda: plan_for(module, data, trainer))
     report.section("compatibility")
-    compatibility(report, module, data, trainer)
+    if planned is not None:
+        compatibility(report, module, data, planned[0])
     report.section("tokenizer")
     tokenizer = _guarded(report, "tokenizer", lambda: data.tokenizer)
     if tokenizer is not None:
@@ -78,15 +81,12 @@ def diagnose(module: Any, data: Any, trainer: dict[str, Any], n_examples: int = 
             report.section(f"first {n_examples} training example(s), trained tokens marked")
             render(report, encoded, tokenizer, n_examples, color)
     report.section("memory")
-    result = _guarded(report, "memory estimate", lambda: estimate(*_estimate_args(module, data, trainer)))
-    if result is not None:
-        report.lines += ["  " + line for line in result.table().splitlines()]
+    if planned is not None:
+        plan, model, quantization = planned
+        result = _guarded(report, "memory estimate", lambda: estimate(model, plan, quantization))
+        if result is not None:
+            report.lines += ["  " + line for line in result.table().splitlines()]
     return report
-
-
-def _estimate_args(module: Any, data: Any, trainer: dict[str, Any]) -> tuple[Any, Any, Any]:
-    plan, model, quantization = plan_for(module, data, trainer)
-    return model, plan, quantization
 
 
 def _guarded(report: Report, what: str, fn: Any) -> Any:
@@ -100,16 +100,14 @@ def _guarded(report: Report, what: str, fn: Any) -> Any:
     return None
 
 
-def compatibility(report: Report, module: Any, data: Any, trainer: dict[str, Any]) -> None:
+def compatibility(report: Report, module: Any, data: Any, plan: Any) -> None:
     """The config-time checks `lightft fit` runs, with the strategy judged from the config (no Trainer built)."""
     from lightft.compat import check_compatibility, strategy_conflict
 
     def checks() -> bool:
         check_compatibility(module, data, None)
-        plan, _, _ = plan_for(module, data, trainer)
-        method = next((c.__name__ for c in type(module).__mro__ if c.__module__.startswith("lightft.modules")), "")
         stage = plan.zero_stage if plan.strategy == "deepspeed" else None
-        conflict = strategy_conflict(method, module.peft, plan.strategy, stage, plan.accelerator, plan.precision)
+        conflict = strategy_conflict(plan.method, module.peft, plan.strategy, stage, plan.accelerator, plan.precision)
         if conflict:
             raise LightFTError(conflict)
         return True
@@ -170,9 +168,8 @@ def data_checks(report: Report, data: Any, tokenizer: Any) -> Any:
     train = encoded.get("train")
     if train is None or not len(train):
         return None
-    sides = [("input_ids", "labels")] if "input_ids" in train.column_names else []
-    sides += [(f"{s}_ids", f"{s}_labels") for s in ("chosen", "rejected") if f"{s}_ids" in train.column_names]
-    if not sides:
+    sides = _sides(train.column_names)
+    if sides == [("prompt_ids", None)]:
         return train  # prompts
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     doubled = no_eos = complete = 0
@@ -203,10 +200,7 @@ def render(report: Report, rows: Any, tokenizer: Any, n: int, color: bool) -> No
     from lightft.losses.sft import IGNORE_INDEX
 
     columns = rows.column_names
-    sides = [("input_ids", "labels")] if "labels" in columns else []
-    sides += [(f"{s}_ids", f"{s}_labels") for s in ("chosen", "rejected") if f"{s}_ids" in columns]
-    if not sides:
-        sides = [("prompt_ids", None)]
+    sides = _sides(columns)
     open_, close = (GREEN, RESET) if color else ("[[", "]]")
     for i in range(min(n, len(rows))):
         row = rows[i]
@@ -223,3 +217,12 @@ def render(report: Report, rows: Any, tokenizer: Any, n: int, color: bool) -> No
             title = f"example {i}{' ' + side if side else ''}: {len(ids)} tokens, {sum(trained)} trained"
             report.lines.append(f"  --- {title}")
             report.lines += ["  " + line for line in "".join(text).splitlines()]
+
+
+def _sides(columns: list[str]) -> list[tuple[str, str | None]]:
+    """(token ids, labels) column pairs of an encoded split: one for SFT / unpaired rows, chosen and rejected for
+    pairs, the prompt alone (no labels) for prompt-only data.
+    """  # noqa: D205
+    sides: list[tuple[str, str | None]] = [("input_ids", "labels")] if "labels" in columns else []
+    sides += [(f"{s}_ids", f"{s}_labels") for s in ("chosen", "rejected") if f"{s}_ids" in columns]
+    return sides or [("prompt_ids", None)]

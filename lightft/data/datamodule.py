@@ -148,21 +148,22 @@ class TokenDataModule(pl.LightningDataModule):
             group_by_length=self.group_by_length or not train,
             seed=self.seed,
         )
-        loader_class = ResumableDataLoader if train else DataLoader
+        return self._dataloader(name, dataset, sampler, ResumableDataLoader if train else DataLoader)
+
+    def _dataloader(self, name: str, dataset: Any, batches: Any, loader_class: type = DataLoader) -> DataLoader:
+        """A loader of `batches` (lists of keys) with the split's collator and its own random generator.
+
+        Starting an iterator draws its workers' base seed from the loader's generator; from the global stream it
+        would shift dropout masks by whether a validation or an epoch started since the last checkpoint, so a
+        resumed run would not match an uninterrupted one.
+        """
         return loader_class(
             dataset,
-            batch_sampler=sampler,
+            batch_sampler=batches,
             collate_fn=self.collator(name),
             num_workers=self.num_workers,
-            generator=self._generator(),
+            generator=torch.Generator().manual_seed(self.seed),
         )
-
-    def _generator(self) -> torch.Generator:
-        """A DataLoader's own generator: starting an iterator draws its workers' base seed from it, not from the
-        global stream (which would shift dropout masks by whether a validation or an epoch started since the last
-        checkpoint, so a resumed run would not match).
-        """  # noqa: D205
-        return torch.Generator().manual_seed(self.seed)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, planned micro-batches for this rank."""
@@ -191,13 +192,7 @@ class TokenDataModule(pl.LightningDataModule):
         # their last batch, or item 0 when they have none; callers keep only the items of their own share
         per_rank = -(-len(range(0, len(dataset), world_size)) // self.batch_size)
         batches += [batches[-1] if batches else [0]] * (per_rank - len(batches))
-        return DataLoader(
-            dataset,
-            batch_sampler=batches,
-            collate_fn=self.collator(name),
-            num_workers=self.num_workers,
-            generator=self._generator(),
-        )
+        return self._dataloader(name, dataset, batches)
 
 
 class SFTDataModule(TokenDataModule):
