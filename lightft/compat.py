@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from lightft.errors import LightFTError
+from lightft.models.kernels import check_liger
 from lightft.models.loading import meta_model
 from lightft.peft.base import capability
 
@@ -75,6 +76,9 @@ def check_strategy(module: Any, trainer: Any) -> None:
     message = strategy_conflict(method, module.peft, kind, stage, accelerator, str(trainer.precision))
     if message:
         raise LightFTError(message)
+    if getattr(getattr(module, "compute", None), "kernels", "torch") == "liger":
+        model_type = meta_model(module.model_spec, key="model.init_args.model.path").config.model_type
+        check_liger(model_type, accelerator)
 
 
 def check_compatibility(module: Any, datamodule: Any = None, trainer: Any = None) -> None:

@@ -296,9 +296,25 @@ def shard_module(module: nn.Module, **kwargs: Any) -> None:
         raise LightFTError(f"{KEY}: FSDP2 found no decoder layer in the model to shard; use DDP or DeepSpeed.")
     for layer in layers:
         fully_shard(layer, **kwargs)
+    # The sub-models' own weights (embeddings, final norm, output layer) stay gathered from forward to backward, as
+    # FSDP2 does for a root by default: lightft applies the output layer after the forward, a chunk of positions at a
+    # time (`lightft.models.forward`), and backward recomputes those chunks. Backward's end reshards them; a frozen
+    # sub-model is resharded after each use (`release_gathered`).
     for child in module.children():
         if any(True for _ in child.parameters()):
-            fully_shard(child, **kwargs)
+            fully_shard(child, **{**kwargs, "reshard_after_forward": False})
+
+
+def release_gathered(model: nn.Module) -> None:
+    """Reshard a frozen FSDP2 sub-model's own weights after its forward (a DPO reference copy: no backward will).
+
+    Not for the policy: it keeps them until its next backward, which reshards them; resharding it here could free
+    weights that a pending backward (recomputing the output layer) still needs.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
 
 
 @contextmanager

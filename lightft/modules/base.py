@@ -8,7 +8,8 @@ schedules, gradient-norm logging, and checkpoints that hold only the trainable w
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, is_dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, is_dataclass, replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,13 +22,17 @@ from torchmetrics import MeanMetric
 from lightft.checkpoints import RNG_KEY, gather_rng_states, rng_state, set_rng_state
 from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
+from lightft.models.forward import ComputeSettings, LMOutput, check_output_head, token_logps
+from lightft.models.kernels import apply_liger
 from lightft.models.loading import Head, ModelSpec, load_model, load_tokenizer, torch_dtype
+from lightft.models.offload import OffloadActivations
 from lightft.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, parameter_groups
 from lightft.peft.base import PEFTStrategy, count_parameters, state_dict_bytes
 from lightft.peft.lora import LoRA
-from lightft.strategies import check_trainable_keys
+from lightft.strategies import check_trainable_keys, release_gathered
 
 MODEL_KEY = "model.init_args.model.path"
+PRECISION_KEY = "lightft_precision"  # checkpoint entry: the run's trainer.precision
 
 
 class LightFTModule(pl.LightningModule):
@@ -41,6 +46,7 @@ class LightFTModule(pl.LightningModule):
         optimizer: Optimizer name and hyper-parameters.
         scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
+        compute: Chunked LM-head loss (default on), Liger kernels, activation offloading.
     """
 
     model_head: Head = "causal_lm"
@@ -52,17 +58,21 @@ class LightFTModule(pl.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),
         scheduler: SchedulerConfig = SchedulerConfig(),
         gradient_checkpointing: bool = True,
+        compute: ComputeSettings = ComputeSettings(),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_spec, self.peft = model, concrete(peft)
         self.optimizer_config, self.scheduler_config = optimizer, scheduler
-        self.gradient_checkpointing = gradient_checkpointing
+        self.gradient_checkpointing, self.compute = gradient_checkpointing, compute
+        self._head_checked = False
         self.strict_loading = False  # checkpoints hold trainable weights only; `on_load_checkpoint` checks them
         self.model: nn.Module | None = None
         self.tokenizer: Any = None
         self.compatibility_checked = False
         self.peft_summary: dict[str, float] = {}
+        self.trained_precision: str | None = None  # the run's `trainer.precision`, read from a checkpoint (export)
+        self.load_device = torch.device("cpu")  # where a quantized base loads without a Trainer (export)
 
     # ---- model construction -------------------------------------------------------------------------------------
 
@@ -104,13 +114,15 @@ class LightFTModule(pl.LightningModule):
 
     def build_model(self, quantize: bool = True) -> nn.Module:
         """A freshly loaded, PEFT-wrapped backbone (`quantize=False` loads an unquantized base, e.g. to merge)."""
-        precision = str(self._trainer.precision) if self._trainer is not None else None
+        precision = str(self._trainer.precision) if self._trainer is not None else self.trained_precision
         dtype = torch_dtype(self.model_spec, precision)
         quantization = self.peft.quantization_config(dtype) if quantize else None
         device_map = {"": self._load_device()} if quantization is not None else None
         base = load_model(
             self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY, head=self.model_head
         )
+        if self.compute.kernels == "liger":
+            apply_liger(base)  # before PEFT: the adapters then sit inside Liger's MLP and attention
         model = apply_seeded(self.peft, base)
         if self.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -118,7 +130,49 @@ class LightFTModule(pl.LightningModule):
         return model.train()  # from_pretrained returns eval mode; dropout must be active while training
 
     def _load_device(self) -> torch.device:
-        return self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        return self._trainer.strategy.root_device if self._trainer is not None else self.load_device
+
+    def lm_logps(
+        self,
+        model: nn.Module,
+        batch: dict[str, Any],
+        labels: Tensor | None = None,
+        entropy: bool = False,
+        keep_hidden: bool = False,
+    ) -> LMOutput:
+        """Next-token log-probs of a batch's trained positions under `model` (the policy, or a reference copy).
+
+        By default the LM head sees only the trained positions, a chunk at a time (`compute.chunked_loss`); the
+        training forward keeps its saved activations in host memory with `compute.activation_offloading`.
+        """
+        if self.compute.chunked_loss and not self._head_checked:
+            self._head_checked = True
+            if not check_output_head(model, self.device):
+                rank_zero_warn(f"{type(model).__name__}: applying its output layer to hidden states does not give its "
+                               "own logits; using the full logits (compute.chunked_loss: false).")  # fmt: skip
+                self.compute = replace(self.compute, chunked_loss=False)
+        with self.saved_activations():
+            output = token_logps(
+                model,
+                batch["input_ids"],
+                batch["labels"] if labels is None else labels,
+                batch.get("attention_mask"),
+                batch.get("position_ids"),
+                self.compute,
+                entropy,
+                keep_hidden,
+            )
+        if model is not self.model:
+            release_gathered(model)  # FSDP2: a frozen reference copy has no backward to reshard its own weights
+        return output
+
+    def saved_activations(self) -> AbstractContextManager[Any]:
+        """Where a training forward keeps what backward needs: on the device, or in host memory
+        (`compute.activation_offloading`).
+        """  # noqa: D205
+        if torch.is_grad_enabled() and self.training and self.compute.activation_offloading:
+            return OffloadActivations()
+        return nullcontext()
 
     def log_eval_means(self, metrics: nn.ModuleDict, stage: str, values: dict[str, Tensor]) -> None:
         """Log `{stage}/{name}` as the mean of per-example `values` over the whole epoch and all ranks."""
@@ -163,12 +217,14 @@ class LightFTModule(pl.LightningModule):
         checkpoint["hyper_parameters"] = plain_hparams(self)
         if self._trainer is not None:
             checkpoint[RNG_KEY] = gather_rng_states(self.trainer)
+            checkpoint[PRECISION_KEY] = str(self.trainer.precision)  # export rebuilds the model in the run's dtype
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Fail clearly when the checkpoint lacks weights this model trains (another model or strategy); keep the
         random states for `on_train_start`.
         """  # noqa: D205
         self._resume_rng = checkpoint.get(RNG_KEY)
+        self.trained_precision = checkpoint.get(PRECISION_KEY, self.trained_precision)
         if "state_dict" not in checkpoint:
             return  # a sharding strategy (FSDP2) loaded the weights itself and checked their keys
         check_trainable_keys(self, checkpoint["state_dict"], "the checkpoint")

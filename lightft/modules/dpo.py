@@ -17,8 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightft.errors import LightFTError
-from lightft.losses.logprobs import sequence_logprobs
 from lightft.losses.preference import DPOLoss, PairLogps, PreferenceLoss, PreferenceOutput, UnpairedLogps
+from lightft.models.forward import ComputeSettings
 from lightft.models.loading import ModelSpec, load_model
 from lightft.modules.base import MODEL_KEY, LightFTModule, eval_means
 from lightft.optim import OptimizerConfig, SchedulerConfig
@@ -42,6 +42,7 @@ class DPOModule(LightFTModule):
             `IPOLoss`, `HingeLoss`, `SimPOLoss`, `ORPOLoss`, `KTOLoss` (unpaired data), or your own.
         reference: `live`: reference log-probs computed every step (adapter disabled, or a frozen copy for full
             fine-tuning); `precomputed`: computed once before training, no reference model during training.
+        compute: Chunked LM-head loss (default on), Liger kernels, activation offloading.
     """
 
     def __init__(
@@ -53,8 +54,9 @@ class DPOModule(LightFTModule):
         gradient_checkpointing: bool = True,
         loss: PreferenceLoss | None = None,
         reference: Literal["live", "precomputed"] = "live",
+        compute: ComputeSettings = ComputeSettings(),
     ) -> None:
-        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
+        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing, compute)
         self.loss, self.reference = loss if loss is not None else DPOLoss(), reference
         if reference == "precomputed" and not self.loss.paired and not self.loss.reference_free:
             raise LightFTError(
@@ -94,9 +96,8 @@ class DPOModule(LightFTModule):
 
     def sequence_logps(self, model: nn.Module, batch: dict[str, Tensor]) -> Logps:
         """Summed completion log-probs of every row of the batch under `model`."""
-        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        logits = output.logits[:, -batch["input_ids"].shape[1] :]  # (2B, T, V); prompt-style adds virtual tokens
-        logps, n_tokens = sequence_logprobs(logits, batch["labels"])  # (2B,), (2B,)
+        token_logps = self.lm_logps(model, batch).logps  # only completion tokens reach the LM head
+        logps, n_tokens = token_logps.sequence(), token_logps.n_tokens  # (2B,), (2B,)
         first, second = logps.chunk(2)
         if "desirable" in batch:
             return UnpairedLogps(logps=first, kl_logps=second, desirable=batch["desirable"])

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from lightft.data.prompt_datamodule import PromptDataModule
 from lightft.errors import LightFTError
 from lightft.generation import GenerationSettings
-from lightft.losses.logprobs import entropy_from_logits, masked_mean, token_logprobs
+from lightft.losses.logprobs import masked_mean
 from lightft.losses.ppo import PPOLoss, kl_penalty
+from lightft.models.forward import ComputeSettings
 from lightft.models.loading import ModelSpec
 from lightft.modules.base import LightFTModule
 from lightft.optim import OptimizerConfig, SchedulerConfig
@@ -106,6 +107,7 @@ class PPOModule(LightFTModule):
         kl_controller: KL coefficient: `lightft.rl.FixedKLController` (default, 0.05) or `AdaptiveKLController`.
         kl_estimator: Per-token KL estimator: `k1` (log-ratio), `k2`, `k3` (unbiased, non-negative; GRPO's).
         shaping: Penalties, clipping and whitening applied to the scores.
+        compute: Chunked LM-head log-probs (default on), Liger kernels, activation offloading.
     """
 
     def __init__(
@@ -123,8 +125,9 @@ class PPOModule(LightFTModule):
         kl_controller: FixedKLController | AdaptiveKLController | None = None,
         kl_estimator: Literal["k1", "k2", "k3"] = "k1",
         shaping: RewardShaping = RewardShaping(),
+        compute: ComputeSettings = ComputeSettings(),
     ) -> None:
-        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
+        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing, compute)
         _check_settings(self.peft, generation, algorithm, samples_per_prompt)
         self.automatic_optimization = False
         self.reward, self.generation = reward, generation
@@ -155,23 +158,22 @@ class PPOModule(LightFTModule):
 
     # ---- rollout ------------------------------------------------------------------------------------------------
 
-    def evaluate(self, rollout: Rollout, with_values: bool) -> Evaluation:
-        """Log-probs and entropy of every response token (and the critic's values) under the current policy."""
-        output = self.model(
-            input_ids=rollout.sequences,
-            attention_mask=rollout.attention_mask,
-            position_ids=rollout.position_ids(),
-            output_hidden_states=with_values,
-            use_cache=False,
-        )
-        length, start = rollout.sequences.shape[1], rollout.prompt_length - 1
-        logits = output.logits[:, -length:]  # prompt-style strategies prepend virtual tokens
-        labels = rollout.sequences.masked_fill(rollout.attention_mask == 0, -100)
-        logprobs = token_logprobs(logits, labels)[:, start:]  # (N, R): position t predicts token t + 1
-        entropy = entropy_from_logits(logits[:, start:-1])  # (N, R)
+    def evaluate(self, rollout: Rollout, with_values: bool, with_entropy: bool = False) -> Evaluation:
+        """Log-probs of every response token (and their entropy, the critic's values) under the current policy.
+
+        Only response positions reach the LM head; entropy (a metric) is zero unless asked for.
+        """
+        start = rollout.prompt_length - 1  # position t predicts token t + 1: the first response token's predictor
+        labels = torch.full_like(rollout.sequences, -100)
+        labels[:, start + 1 :] = rollout.sequences[:, start + 1 :].masked_fill(~rollout.response_mask, -100)
+        inputs = {"input_ids": rollout.sequences, "attention_mask": rollout.attention_mask,
+                  "position_ids": rollout.position_ids()}  # fmt: skip
+        output = self.lm_logps(self.model, inputs, labels, entropy=with_entropy, keep_hidden=with_values)
+        logprobs = output.logps.logps[:, start:]  # (N, R)
+        entropy = output.logps.entropy[:, start:] if output.logps.entropy is not None else torch.zeros_like(logprobs)
         values = None
         if with_values:
-            hidden = output.hidden_states[-1][:, -length:][:, start:-1]  # (N, R, H): the state before each token
+            hidden = output.hidden[:, start:-1]  # (N, R, H): the state before each response token
             values = self.value_head(hidden).squeeze(-1).float()
         return Evaluation(logprobs, entropy, values)
 
@@ -209,7 +211,7 @@ class PPOModule(LightFTModule):
         rollout = sample(self.model, self.tokenizer, batch, self.generation, self.samples_per_prompt)
         raw, scores = self.scores(rollout)
         with torch.no_grad():
-            old = self.evaluate(rollout, with_values=self.algorithm == "ppo")
+            old = self.evaluate(rollout, with_values=self.algorithm == "ppo", with_entropy=True)
             with self.peft.disabled(self.model):
                 reference = self.evaluate(rollout, with_values=False).logprobs
         kl = kl_penalty(old.logprobs, reference, self.kl_estimator) * rollout.response_mask  # (N, R)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from lightft.errors import LightFTError
 from lightft.losses.reward import BradleyTerryLoss
+from lightft.models.forward import ComputeSettings
 from lightft.models.loading import ModelSpec
 from lightft.modules.base import LightFTModule, eval_means
 from lightft.optim import OptimizerConfig, SchedulerConfig
@@ -34,6 +35,7 @@ class RewardModelModule(LightFTModule):
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
         loss: The pairwise loss (default: Bradley-Terry; set `center_rewards_coefficient` for reward centering); a
             data column `margin` is used as the required margin when present.
+        compute: Liger kernels and activation offloading (a reward model has no LM head, so no chunked loss).
     """
 
     model_head = "reward"
@@ -46,8 +48,9 @@ class RewardModelModule(LightFTModule):
         scheduler: SchedulerConfig = SchedulerConfig(),
         gradient_checkpointing: bool = True,
         loss: BradleyTerryLoss | None = None,
+        compute: ComputeSettings = ComputeSettings(),
     ) -> None:
-        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
+        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing, compute)
         self.loss = loss if loss is not None else BradleyTerryLoss()
         self.metrics = eval_means(("loss", "accuracy", "margin"))
 
@@ -71,7 +74,8 @@ class RewardModelModule(LightFTModule):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Rewards (2B,) of the batch's rows: chosen rows first, then rejected."""
         assert self.model is not None, "configure_model must run first"
-        output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        with self.saved_activations():
+            output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         return output.logits.squeeze(-1).float()
 
     def _pair_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -15,8 +15,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lightft.generation import GenerationSettings, generate
-from lightft.losses.sft import token_cross_entropy
 from lightft.models.attention import check_packed_attention
+from lightft.models.forward import ComputeSettings
 from lightft.models.loading import ModelSpec
 from lightft.modules.base import LightFTModule
 from lightft.optim import OptimizerConfig, SchedulerConfig
@@ -34,6 +34,7 @@ class SFTModule(LightFTModule):
         scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
         generation: Sampling settings for `lightft predict`.
+        compute: Chunked LM-head loss (default on), Liger kernels, activation offloading.
     """
 
     def __init__(
@@ -44,14 +45,17 @@ class SFTModule(LightFTModule):
         scheduler: SchedulerConfig = SchedulerConfig(),
         gradient_checkpointing: bool = True,
         generation: GenerationSettings = GenerationSettings(),
+        compute: ComputeSettings = ComputeSettings(),
     ) -> None:
-        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing)
+        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing, compute)
         self.generation = generation
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._packing_checked = False
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Next-token logits (B, T, V); packed batches carry `position_ids` and no attention mask."""
+        """Next-token logits (B, T, V) (generation, inspection; the losses never build them unless
+        `compute.chunked_loss` is off); packed batches carry `position_ids` and no attention mask.
+        """  # noqa: D205
         assert self.model is not None, "configure_model must run first"
         output = self.model(
             input_ids=batch["input_ids"],
@@ -68,9 +72,14 @@ class SFTModule(LightFTModule):
             check_packed_attention(self.model, self.device)
             self._packing_checked = True
 
+    def token_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(summed next-token cross entropy over the batch's trained tokens, their number)."""
+        logps = self.lm_logps(self.model, batch).logps
+        return -logps.total(), logps.mask.sum()
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Summed token loss scaled so that the optimizer step sees sum(loss) / trained tokens in the step."""
-        loss_sum, n_tokens = token_cross_entropy(self(batch), batch["labels"])
+        loss_sum, n_tokens = self.token_loss(batch)
         self.log(
             "train/loss", loss_sum.detach() / n_tokens.clamp(min=1), prog_bar=True, batch_size=len(batch["labels"])
         )
@@ -79,7 +88,7 @@ class SFTModule(LightFTModule):
         return loss_sum * scale
 
     def _eval_step(self, batch: dict[str, Tensor], metric: MeanMetric, stage: str) -> None:
-        loss_sum, n_tokens = token_cross_entropy(self(batch), batch["labels"])
+        loss_sum, n_tokens = self.token_loss(batch)
         if n_tokens > 0:
             metric.update(loss_sum / n_tokens, weight=n_tokens)
         self.log(f"{stage}/loss", metric, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from lightft.losses.logprobs import (
     entropy_from_logits,
+    head_logprobs,
+    logits_logprobs,
     masked_mean,
     masked_whiten,
     sequence_logprobs,
@@ -122,3 +124,59 @@ def test_masked_whiten_gives_zero_mean_unit_std_over_mask():
     assert kept.mean().item() == pytest.approx(0.0, abs=1e-5)
     assert kept.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
     assert (out[~mask] == 0).all()
+
+
+def _head_case(seed=0, batch=3, length=9, hidden=8, vocab=37):
+    torch.manual_seed(seed)
+    states = torch.randn(batch, length, hidden, requires_grad=True)
+    head = torch.nn.Linear(hidden, vocab, bias=False)
+    labels = torch.randint(0, vocab, (batch, length))
+    labels[0, :4] = IGNORE_INDEX  # a prompt
+    labels[2, 6:] = IGNORE_INDEX  # padding
+    return states, head, labels
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 7, 1000, 0])
+def test_head_logprobs_equal_logprobs_of_full_logits_with_gradients(chunk_size):
+    states, head, labels = _head_case()
+    full = logits_logprobs(head(states), labels, entropy=True)
+    grads_full = torch.autograd.grad(full.total(), [states, head.weight])
+    chunked = head_logprobs(states, head, labels, chunk_size, entropy=True)
+    grads_chunked = torch.autograd.grad(chunked.total(), [states, head.weight])
+    assert int(chunked.mask.sum()) == 18  # 18 trained positions: 5 and 7 do not divide them
+    torch.testing.assert_close(chunked.logps, full.logps)
+    torch.testing.assert_close(chunked.entropy, full.entropy)
+    assert torch.equal(chunked.mask, full.mask)
+    for got, expected in zip(grads_chunked, grads_full, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_head_logprobs_keeps_no_logits_for_backward():
+    states, head, labels = _head_case(vocab=1000)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        chunked = head_logprobs(states, head, labels, chunk_size=4)
+    assert saved and all(1000 not in shape for shape in saved), saved  # only inputs: (n, H) states, ids, masks
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits_logprobs(head(states), labels)
+    assert any(1000 in shape for shape in saved)  # the full path keeps (.., V) tensors
+    chunked.total().backward()  # the chunks are recomputed in backward
+    assert head.weight.grad is not None and states.grad is not None
+
+
+def test_head_logprobs_by_hand_and_sequence_sums():
+    # H = V = 2, identity head: the hidden state is the logits. Row 0 predicts 1 then 0 from (0, log 3).
+    states = torch.tensor([[[0.0, math.log(3)], [0.0, math.log(3)], [5.0, 5.0]]])
+    labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
+    head = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+    out = head_logprobs(states, head, labels, chunk_size=1)
+    torch.testing.assert_close(out.logps, torch.tensor([[math.log(3 / 4), math.log(1 / 4)]]))
+    torch.testing.assert_close(out.sequence(), torch.tensor([math.log(3 / 16)]))
+    assert out.n_tokens.tolist() == [2] and out.entropy is None
