@@ -8,12 +8,18 @@ The model is built on the meta device from its config (no weights, no memory). F
 - **gradients**: one per trainable parameter, at its dtype.
 - **optimizer**: AdamW keeps two states per trainable parameter at its dtype; the bitsandbytes 8-bit AdamWs one
   byte each (+ one fp32 absmax per block of 256), except tensors under 4,096 elements, which keep 32-bit states.
+  Paged AdamWs keep the states of tensors of 100k elements or more in CUDA unified memory, which the driver moves
+  to the host under pressure: counted as host memory.
 - **activations**: what autograd saves for backward in one training forward, traced on fake tensors (no memory,
   no compute) with the run's batch and sequence length (each saved storage once). With gradient checkpointing
-  only each decoder layer's input is kept, plus one layer's activations while it is recomputed in backward
-  (counted on top of the logits' buffers: an upper bound).
-- **logits**: the (batch, length, vocab) logits, the float32 copy the loss takes of the trained positions (all of
-  them, the worst case) and its log-softmax; backward's gradients of them take no more than these.
+  only each decoder layer's input is kept, plus one layer's activations while it is recomputed in backward; the
+  output layer's and the loss's work (below) is over before that, so only what it needs beyond one layer counts.
+- **logits and loss**: with the chunked loss (the default), one chunk of positions' logits and its float32 work in
+  backward (chunk x vocab x (compute bytes + 8), measured on CPU), the trained positions' hidden states the chunks
+  keep, and a trainable output layer's per-chunk weight gradient; without it, the (batch, length, vocab) logits, the
+  float32 copy the loss takes of the trained positions (all of them, the worst case) and its log-softmax.
+- **activation offloading** (CUDA): what autograd saves for backward above 1 MiB waits in host memory; on the device
+  stays one layer's activations while it is recomputed or back-propagated.
 - **extra models**: DPO's frozen reference copy (full fine-tuning with `reference: live`); PPO's reward model (a
   `RewardModelScorer`: its weights at its config's dtype). PPO's and GRPO's reference is the policy with its adapter
   disabled (no copy).
@@ -45,6 +51,7 @@ NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize (absmax per block)
 DQ_BLOCK = 256  # double quantization: blocks of absmax per second-level constant
 OPT8_BLOCK = 256  # bitsandbytes 8-bit optimizer blocksize
 OPT8_MIN_SIZE = 4096  # tensors smaller than this keep 32-bit optimizer states in bitsandbytes
+PAGED_MIN_SIZE = 100_000  # bitsandbytes' paged optimizers page the states of tensors of at least this many elements
 
 
 @dataclass
@@ -67,6 +74,9 @@ class Plan:
     rollout_rows: int = 0  # PPO/GRPO: sequences per rollout (prompts x samples per prompt); batch_size: a minibatch
     critic: bool = False  # PPO's value head: the rollout evaluation keeps every layer's hidden states
     reward_model_bytes: float = 0.0  # PPO: a reward model scoring the rollouts
+    chunked_loss: bool = True  # the LM head and loss a chunk of positions at a time (`compute.chunked_loss`)
+    loss_chunk_size: int = 0  # positions per chunk; 0: CHUNK_ELEMENTS // vocab
+    activation_offloading: bool = False  # saved activations in host memory (CUDA only)
     notes: list[str] = field(default_factory=list)
 
 
@@ -79,6 +89,7 @@ class ParamCounts:
     quantized_rows: int = 0  # output rows of those weights (8-bit: one scale per row)
     trainable: dict[str, int] = field(default_factory=dict)  # dtype name -> elements
     trainable_small: int = 0  # trainable elements in tensors under OPT8_MIN_SIZE
+    trainable_paged: int = 0  # trainable elements in tensors of PAGED_MIN_SIZE or more
     layer_params: int = 0  # elements of the largest decoder layer (what FSDP/ZeRO-3 gathers at once)
     layers: int = 0
 
@@ -129,6 +140,7 @@ def count_params(model: nn.Module, quantized: bool) -> ParamCounts:
         if param.requires_grad:
             counts.trainable[dtype] = counts.trainable.get(dtype, 0) + param.numel()
             counts.trainable_small += param.numel() if param.numel() < OPT8_MIN_SIZE else 0
+            counts.trainable_paged += param.numel() if param.numel() >= PAGED_MIN_SIZE else 0
         elif quantized and id(param) in linear_weights and id(param) not in head_weights:
             counts.quantized += param.numel()
             counts.quantized_rows += linear_weights[id(param)]
@@ -141,32 +153,37 @@ def count_params(model: nn.Module, quantized: bool) -> ParamCounts:
 
 
 def saved_activation_bytes(
-    model: nn.Module, batch: int, seq_len: int, dtype: torch.dtype = torch.float32
+    model: nn.Module,
+    batch: int,
+    seq_len: int,
+    dtype: torch.dtype = torch.float32,
+    logits: bool = True,
+    cuda: bool = False,
 ) -> tuple[int, int]:
     """Bytes autograd saves in one training forward of `model` (meta device) on a (batch, seq_len) input.
 
     Returns (all saved bytes, the part saved inside decoder layers). Each saved storage counts once (views share
-    their base's); parameters are left out (counted as weights). Runs on fake tensors: no memory, no compute.
+    their base's); parameters are left out (counted as weights). `logits=False`: the forward computes no logits
+    (the chunked loss applies the output layer itself). `cuda`: dropout keeps a one-byte mask (CUDA's fused
+    dropout) where the CPU trace sees its noise in the input's dtype. Runs on fake tensors: no memory, no compute.
     """
     from lightft.strategies import decoder_layers
 
-    seen: dict[int, torch.Tensor] = {}
-    in_layer = {"depth": 0}
-    layer_bytes = [0]
+    sizes: dict[int, tuple[torch.Tensor, int]] = {}
+    depth = {"layer": 0, "dropout": 0}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         base = tensor._base if tensor._base is not None else tensor
-        if not isinstance(base, nn.Parameter) and id(base) not in seen:  # weights are counted as weights
-            seen[id(base)] = base  # holding it keeps its id unique
-            if in_layer["depth"]:
-                layer_bytes[0] += base.numel() * base.element_size()
+        if not isinstance(base, nn.Parameter) and id(base) not in sizes:  # weights are counted as weights
+            itemsize = 1 if cuda and depth["dropout"] else base.element_size()
+            sizes[id(base)] = (base, base.numel() * itemsize * (1 if depth["layer"] else -1))  # the base keeps its id
         return tensor
 
-    def enter(*_: Any) -> None:
-        in_layer["depth"] += 1
+    def counter(name: str, step: int) -> Any:
+        def hook(*_: Any) -> None:
+            depth[name] += step
 
-    def leave(*_: Any) -> None:
-        in_layer["depth"] -= 1
+        return hook
 
     # fake tensors, not meta ones: transformers skips its data-dependent mask checks for them (is_tracing)
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # non-fake inputs: the meta weights being converted
@@ -174,19 +191,24 @@ def saved_activation_bytes(
     with mode:
         model = model.to_empty(device="cpu").train()  # training mode: dropout saves its masks
     hooks = []
-    for layer in decoder_layers(model):
-        hooks.append(layer.register_forward_pre_hook(enter))
-        hooks.append(layer.register_forward_hook(leave))
+    for modules, name in ((decoder_layers(model), "layer"), ([m for m in model.modules() if isinstance(m, nn.Dropout)],
+                                                            "dropout")):  # fmt: skip
+        for module in modules:
+            hooks += [
+                module.register_forward_pre_hook(counter(name, 1)),
+                module.register_forward_hook(counter(name, -1)),
+            ]
     try:
         with mode:
             ids = torch.zeros(batch, seq_len, dtype=torch.long)
+            keep = {} if logits else {"logits_to_keep": torch.empty(0, dtype=torch.long)}
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                model(input_ids=ids, use_cache=False)
+                model(input_ids=ids, use_cache=False, **keep)
     finally:
         for hook in hooks:
             hook.remove()
-    total = sum(t.numel() * t.element_size() for t in seen.values())
-    return total, layer_bytes[0]
+    total = sum(abs(size) for _, size in sizes.values())
+    return total, sum(size for _, size in sizes.values() if size > 0)
 
 
 @dataclass
@@ -242,7 +264,9 @@ def estimate(model: nn.Module, plan: Plan, quantization: Any = None) -> Estimate
     counts = count_params(model, quantization is not None)
     weights, gradients, optimizer = model_states(counts, plan, quantization)
     weights, gradients, optimizer, gathered, host = shard(counts, plan, weights, gradients, optimizer)
-    activations, logits = activation_bytes(model, counts, plan)
+    paged = paged_bytes(counts, plan, optimizer)
+    activations, logits, offloaded = activation_bytes(model, counts, plan)
+    optimizer, host = optimizer - paged, host + offloaded + paged
     components = {
         "weights": weights,
         "gradients": gradients,
@@ -286,6 +310,15 @@ def model_states(counts: ParamCounts, plan: Plan, quantization: Any) -> tuple[fl
     return float(weights), gradients, optimizer
 
 
+def paged_bytes(counts: ParamCounts, plan: Plan, optimizer: float) -> float:
+    """The part of the optimizer states a paged bitsandbytes optimizer keeps in CUDA unified memory (tensors of
+    100k elements or more): evicted to the host under memory pressure, and not in CUDA's allocated memory.
+    """  # noqa: D205
+    if not plan.optimizer.startswith("paged_") or plan.accelerator != "gpu" or not counts.n_trainable:
+        return 0.0
+    return optimizer * counts.trainable_paged / counts.n_trainable
+
+
 def shard(
     counts: ParamCounts, plan: Plan, weights: float, gradients: float, optimizer: float
 ) -> tuple[float, float, float, float, float]:
@@ -309,40 +342,71 @@ def shard(
     return weights, gradients, optimizer, gathered, host
 
 
-def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple[float, float]:
-    """Bytes saved for backward, and the logits with the loss's float32 buffers."""
+def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple[float, float, float]:
+    """Device bytes saved for backward, the logits and loss work, and the host bytes activation offloading takes."""
     dtype = compute_dtype(plan.precision)
     csize = dtype.itemsize
     pairs = plan.method in ("DPOModule", "RewardModelModule")
     rows = plan.batch_size * (2 if pairs else 1)  # chosen and rejected in one forward
-    saved, in_layers = saved_activation_bytes(model, rows, plan.seq_len, dtype)
-    logits = 0.0
-    if plan.method != "RewardModelModule":
-        # the logits, the loss's float32 copy of the trained positions (here: all) and its log-softmax
-        logits = float(rows * plan.seq_len * model.config.vocab_size * (csize + 2 * 4))
-    activations = float(saved)
+    lm_loss = plan.method != "RewardModelModule"
+    chunked = lm_loss and plan.chunked_loss
+    saved, in_layers = saved_activation_bytes(model, rows, plan.seq_len, dtype, not chunked, plan.accelerator == "gpu")
+    logits = loss_bytes(model, plan, rows * plan.seq_len) if lm_loss else 0.0
+    activations, host = float(saved), 0.0
+    one_layer = in_layers / counts.layers if counts.layers else 0.0
     if plan.gradient_checkpointing and counts.layers:
-        # kept: each layer's input, plus one layer's activations while it is recomputed in backward. Counting that
-        # layer on top of the logits' buffers makes this an upper bound (measured: within 20% of it on a model
-        # whose logits outweigh a layer, within 1% on SmolLM2).
+        # kept: each layer's input, plus one layer's activations while it is recomputed in backward. The output
+        # layer's and the loss's work is done before the first layer is recomputed, so only what it needs beyond
+        # that layer adds to the peak.
         boundaries = counts.layers * rows * plan.seq_len * model.config.hidden_size * csize
-        activations = saved - in_layers + boundaries + in_layers / counts.layers
-    return activations, logits
+        activations = saved - in_layers + boundaries + one_layer
+        logits = max(0.0, logits - one_layer)
+        if plan.activation_offloading and plan.accelerator == "gpu":
+            activations, host = activations - boundaries, float(boundaries)  # the layer inputs wait on the host
+    elif plan.activation_offloading and plan.accelerator == "gpu" and counts.layers:
+        activations, host = saved - in_layers + one_layer, in_layers - one_layer  # back one layer at a time
+    return activations, logits, host
+
+
+def loss_bytes(model: nn.Module, plan: Plan, positions: int) -> float:
+    """Peak bytes of the output layer and the loss over `positions` trained positions (all of the batch: worst case).
+
+    Chunked: one chunk's logits in the compute dtype plus two float32 (chunk, vocab) buffers (the upcast logits and
+    the gradient, built in place; measured 9-12 bytes per logit in fp32 on CPU), the positions' hidden states the
+    chunks keep for backward, and a trainable output layer's weight gradient of one chunk before it is added up.
+    Unchunked: the logits, the loss's float32 copy of the trained positions and its log-softmax.
+    """
+    from lightft.losses.logprobs import CHUNK_ELEMENTS
+
+    csize, vocab = compute_dtype(plan.precision).itemsize, model.config.vocab_size
+    if not plan.chunked_loss:
+        return float(positions * vocab * (csize + 2 * 4))
+    chunk = min(positions, plan.loss_chunk_size or max(1, CHUNK_ELEMENTS // vocab))
+    head = model.get_output_embeddings().weight
+    head_grad = head.numel() * head.element_size() if head.requires_grad else 0
+    return float(chunk * vocab * (csize + 2 * 4) + positions * model.config.hidden_size * csize + head_grad)
 
 
 def rollout_bytes(model: nn.Module, plan: Plan) -> float:
-    """Peak of PPO's no-grad passes over a rollout: the KV cache at full length, or the evaluation's logits (every
-    row, compute dtype; the loss's float32 work is one row at a time) and, with a critic, every layer's hidden states.
+    """Peak of PPO's no-grad passes over a rollout: the KV cache at full length, or the evaluation's (chunked: the
+    final hidden states and one chunk's logits; unchunked: every row's logits in the compute dtype, the float32 work
+    one row at a time, and, with a critic, every layer's hidden states).
     """  # noqa: D205
+    from lightft.losses.logprobs import CHUNK_ELEMENTS
+
     cfg, csize = model.config, compute_dtype(plan.precision).itemsize
     rows, length = plan.rollout_rows, plan.seq_len
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     kv_cache = 2 * cfg.num_hidden_layers * rows * length * kv_heads * head_dim * csize
-    evaluation = rows * length * cfg.vocab_size * csize + 2 * length * cfg.vocab_size * 4
-    if plan.critic:
-        evaluation += (cfg.num_hidden_layers + 1) * rows * length * cfg.hidden_size * csize
+    if plan.chunked_loss:  # the final hidden states, and one chunk's logits with its float32 entropy work
+        chunk = min(rows * length, plan.loss_chunk_size or max(1, CHUNK_ELEMENTS // cfg.vocab_size))
+        evaluation = rows * length * cfg.hidden_size * csize + chunk * cfg.vocab_size * (csize + 3 * 4)
+    else:  # the whole rollout's logits, one row's float32 work; every layer's hidden states for the critic
+        evaluation = rows * length * cfg.vocab_size * csize + 2 * length * cfg.vocab_size * 4
+        if plan.critic:
+            evaluation += (cfg.num_hidden_layers + 1) * rows * length * cfg.hidden_size * csize
     return float(max(kv_cache, evaluation))
 
 

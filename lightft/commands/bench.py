@@ -5,9 +5,11 @@ r"""`lightft bench --config X.yaml`: a matrix of short training runs, measured b
 
 Axes (comma-separated; an axis left out keeps the config's value): `--strategies` (overlays in configs/trainer/, by
 name or path), `--peft` (lightft.peft class names or class paths), `--gradient_checkpointing`, `--optimizers`,
-`--batch_sizes`, `--seq_lens`. Other arguments go to every cell's `lightft fit` (e.g. `--config` overlays).
+`--batch_sizes`, `--seq_lens`, `--chunked_loss`, `--activation_offloading`, `--kernels`. Other arguments go to every
+cell's `lightft fit` (e.g. `--config` overlays).
 
-Each cell is its own `lightft fit` process of `--steps` steps (the first is warm-up) with `lightft.callbacks.BenchProbe`
+Each cell is its own `lightft fit` process of `--steps` optimizer steps of one micro-batch each (the first is warm-up;
+no epoch limit) with `lightft.callbacks.BenchProbe`
 (peak memory per rank: CUDA max allocated and reserved, or on CPU the training's resident-memory peak), step time,
 trained tokens/s and MFU: 6N FLOPs per token for full fine-tuning, 4N with a frozen base (no weight gradients),
 N = all parameters, attention's own FLOPs not counted, against the GPU's dense bf16/fp16 peak (unknown GPUs and CPUs
@@ -40,6 +42,9 @@ AXES = {  # option -> (column, how a value becomes `lightft fit` arguments)
     "--optimizers": ("optimizer", lambda v: ["--model.init_args.optimizer.name", v]),
     "--batch_sizes": ("batch_size", lambda v: ["--data.init_args.batch_size", v]),
     "--seq_lens": ("seq_len", lambda v: ["--data.init_args.max_length", v]),
+    "--chunked_loss": ("chunked_loss", lambda v: ["--model.init_args.compute.chunked_loss", v]),
+    "--activation_offloading": ("offloading", lambda v: ["--model.init_args.compute.activation_offloading", v]),
+    "--kernels": ("kernels", lambda v: ["--model.init_args.compute.kernels", v]),
 }
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # dense bf16
 WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his"]
@@ -89,12 +94,18 @@ def run_cell(base: list[str], cell: dict[str, str], options: dict[str, Any], out
     record = out / f"{name}.json"
     record.unlink(missing_ok=True)
     probe = json.dumps({"class_path": "lightft.callbacks.BenchProbe", "init_args": {"path": str(record)}})
+    # one optimizer step per batch (the optimizer's states exist from the first step on) and no epoch limit
     fit = [sys.executable, "-m", "lightft.cli", "fit", *args, "--trainer.max_steps", str(options["steps"]),
+           "--trainer.max_epochs", "-1", "--trainer.accumulate_grad_batches", "1",
            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(out / name),
            "--overwrite", "true", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false",
            f"--trainer.callbacks+={probe}"]  # fmt: skip
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # CPU: freed tensors leave resident memory
-    result = subprocess.run(fit, env=env, capture_output=True, text=True, timeout=options["timeout"])
+    try:
+        result = subprocess.run(fit, env=env, capture_output=True, text=True, timeout=options["timeout"])
+    except subprocess.TimeoutExpired as err:
+        (out / f"{name}.log").write_text(_text(err.stdout) + _text(err.stderr))
+        return {**row, "status": "timeout", "reason": f"no result within --timeout {options['timeout']:g} s"}
     (out / f"{name}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0 or not record.is_file():
         text = result.stderr.lower()
@@ -113,6 +124,10 @@ def run_cell(base: list[str], cell: dict[str, str], options: dict[str, Any], out
     row["error_pct"] = 100 * (compared - peak) / peak if peak > 0 else None
     row["mfu"] = mfu(measured, n_params, full=trainable == n_params)
     return row
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def mfu(measured: dict[str, Any], n_params: int, full: bool) -> float | None:
@@ -196,7 +211,7 @@ def main(args: list[str]) -> None:
     if synthetic:
         data = str(synthetic_text(out / "synthetic.jsonl"))
         args += ["--data.init_args.packing", "true", "--data.init_args.train.path", data,
-                 "--data.init_args.val.path", data]  # fmt: skip
+                 "--data.init_args.val.path", data, "--data.init_args.val_fraction", "0"]  # fmt: skip
     rows = []
     for cell in tqdm(cells(axes), desc="lightft bench", unit="cell"):
         rows.append(run_cell(args, cell, {"steps": steps, "timeout": timeout}, out))

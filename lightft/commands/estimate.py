@@ -15,6 +15,7 @@ import torch
 
 from lightft.errors import LightFTError
 from lightft.memory import GIB, Estimate, Plan, estimate
+from lightft.models.forward import ComputeSettings
 
 
 def parse_fit_args(args: list[str]) -> tuple[Any, Any, dict[str, Any]]:
@@ -50,9 +51,13 @@ def plan_for(module: Any, data: Any, trainer: dict[str, Any]) -> tuple[Plan, Any
         devices = 1
         notes.append("trainer.devices is auto: estimated for 1 device per node (give --devices N)")
     precision = str(trainer.get("precision") or "32-true")
+    compute = getattr(module, "compute", ComputeSettings())
+    if not compute.chunked_loss:
+        notes.append("compute.chunked_loss is false: the loss builds the (tokens x vocabulary) logits")
     accelerator = str(trainer.get("accelerator") or "auto")
     method = _method(module)
-    batch, seq_len = int(getattr(data, "batch_size", 1)), int(getattr(data, "max_length", 512))
+    rows = getattr(data, "rows_per_micro_batch", getattr(data, "batch_size", 1))  # `batch_size_unit: tokens`: rows
+    batch, seq_len = int(rows), int(getattr(data, "max_length", 512))
     ppo: dict[str, Any] = {}
     if method == "PPOModule":
         seq_len += int(module.generation.max_new_tokens or 0)
@@ -77,6 +82,9 @@ def plan_for(module: Any, data: Any, trainer: dict[str, Any]) -> tuple[Plan, Any
         if accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
         else "cpu",
         reference=getattr(module, "reference", None),
+        chunked_loss=compute.chunked_loss,
+        loss_chunk_size=compute.loss_chunk_size,
+        activation_offloading=compute.activation_offloading,
         notes=notes,
         **ppo,
     )
@@ -84,6 +92,8 @@ def plan_for(module: Any, data: Any, trainer: dict[str, Any]) -> tuple[Plan, Any
     quantization = module.peft.quantization_config(dtype) if hasattr(module.peft, "quantization_config") else None
     model = meta_model(module.model_spec, key="model.init_args.model.path", head=module.model_head).to(dtype)
     model = apply_seeded(module.peft, model)
+    if precision.endswith("-true") and dtype != torch.float32:
+        model = model.to(dtype)  # Lightning's `*-true` precision casts every weight, adapters included, at setup
     return plan, model, quantization
 
 
