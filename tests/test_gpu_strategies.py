@@ -22,7 +22,7 @@ def gpu_fit(tmp_path, recipe: str, strategy: str, *extra: str) -> subprocess.Com
         "--config", "configs/trainer/gpu1.yaml", "--config", f"configs/trainer/{strategy}.yaml",
         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "3", *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 

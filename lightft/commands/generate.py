@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import PeftModel
@@ -23,21 +23,23 @@ from lightft.data.templates import ExampleEncoder
 from lightft.errors import LightFTError
 from lightft.generation import GenerationSettings
 from lightft.generation import generate as generate_batch
-from lightft.models.loading import ModelSpec, load_model, load_tokenizer
+from lightft.models.loading import ModelSpec, load_model, load_tokenizer, resolve_device
 
 from .export import METADATA, load_exported
 
 
-def _load(model: str, gguf_file: str | None, adapter: str | None) -> tuple[Any, Any]:
+def _load(
+    model: str, gguf_file: str | None, adapter: str | None, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, Any]:
     if (Path(model) / METADATA).is_file():
-        return load_exported(model)
-    spec = ModelSpec(model, gguf_file=gguf_file)
+        return load_exported(model, dtype, device)
+    spec = ModelSpec(model, gguf_file=gguf_file, dtype=str(dtype).removeprefix("torch."))  # type: ignore[arg-type]
     tokenizer = load_tokenizer(spec, key="--model")
-    network = load_model(spec, tokenizer, key="--model")
+    network = load_model(spec, tokenizer, key="--model").to(device)
     if adapter:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise LightFTError(f"--adapter: '{adapter}' is not a peft adapter directory (no adapter_config.json).")
-        network = PeftModel.from_pretrained(network, adapter)
+        network = PeftModel.from_pretrained(network, adapter).to(device)
     return network.eval(), tokenizer
 
 
@@ -76,6 +78,8 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     output: str | None = None,
+    device: str = "auto",
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
 ) -> None:
     """Generate completions for prompts with a base model, base + adapter, or an exported model.
 
@@ -94,16 +98,21 @@ def generate(
         top_p: Nucleus sampling mass.
         seed: Random seed for sampling.
         output: Also write `{prompt, completion, reference}` JSON lines here.
+        device: `auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.
+        dtype: Weight and compute dtype; `auto` is bfloat16 on CUDA and float32 on CPU.
     """
     torch.manual_seed(seed)
-    network, tokenizer = _load(model, gguf_file, adapter)
+    target, weights = resolve_device(device, dtype)
+    network, tokenizer = _load(model, gguf_file, adapter, target, weights)
+    print(f"loaded {model} on {target}, {str(weights).removeprefix('torch.')}", flush=True)
     items = [{**item, "index": i} for i, item in enumerate(_prompts(tokenizer, prompt, prompts_file, system, limit))]
     settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p)
     collate = PromptCollator(tokenizer.pad_token_id)
     rows = []
     for start in range(0, len(items), batch_size):
         batch = collate(items[start : start + batch_size])
-        texts = generate_batch(network, tokenizer, batch["input_ids"], batch["attention_mask"], settings)
+        ids, mask = batch["input_ids"].to(target), batch["attention_mask"].to(target)
+        texts = generate_batch(network, tokenizer, ids, mask, settings)
         for item, text in zip(items[start : start + batch_size], texts, strict=True):
             prompt_text = tokenizer.decode(item["prompt_ids"], skip_special_tokens=False)
             rows.append({"prompt": prompt_text, "completion": text.strip(), "reference": item["reference"]})

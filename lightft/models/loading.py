@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from lightft.errors import LightFTError
+from lightft.models.kernels import resolve_attention
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class ModelSpec:
             otherwise float32).
         revision: Hub revision (branch, tag or commit).
         trust_remote_code: Run model code shipped with the checkpoint. Off unless you trust its author.
-        attn_implementation: `sdpa`, `eager`, `flash_attention_2`, `flex_attention`, or None for the default.
+        attn_implementation: `auto` (flash-attention-2 when installed and the weights are 16-bit on CUDA, packed rows
+            then use its variable-length kernels; else `sdpa`), `sdpa`, `eager`, `flash_attention_2`,
+            `flex_attention`, or None for transformers' default.
         random_init: Build the architecture from `path`'s config with random weights (tests, memory benchmarks).
         seed: Seed of the random initialisation when `random_init` is set.
         chat_template: Jinja chat template, or `chatml`, used when the tokenizer has none (or to replace it).
@@ -75,7 +78,7 @@ class ModelSpec:
     dtype: DTypeName = "auto"
     revision: str | None = None
     trust_remote_code: bool = False
-    attn_implementation: str | None = "sdpa"
+    attn_implementation: str | None = "auto"
     random_init: bool = False
     seed: int = 0
     chat_template: str | None = None
@@ -128,6 +131,20 @@ def torch_dtype(spec: ModelSpec, precision: str | None = None) -> torch.dtype:
     if precision.startswith("16-true"):
         return torch.float16
     return torch.float32
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """Where and in what dtype to run inference: `auto` is CUDA in bfloat16 when a GPU is present, else CPU float32.
+
+    (bfloat16 matrix products are hundreds of times slower than float32 on CPUs without AMX, hence float32 there.)
+    """
+    cuda = torch.cuda.is_available()
+    target = torch.device(("cuda" if cuda else "cpu") if device == "auto" else device)
+    if target.type == "cuda" and not cuda:
+        raise LightFTError(f"--device: '{device}' asked for, but this machine has no CUDA GPU; use --device cpu.")
+    if dtype != "auto":
+        return target, getattr(torch, dtype)
+    return target, torch.bfloat16 if target.type == "cuda" else torch.float32
 
 
 def _hub_kwargs(spec: ModelSpec, gguf: str | None) -> dict[str, Any]:
@@ -225,11 +242,12 @@ def load_model(
     dtype = torch_dtype(spec, precision)
     kwargs = {**_hub_kwargs(spec, gguf), **HEAD_KWARGS[head]}
     if spec.attn_implementation:
-        kwargs["attn_implementation"] = spec.attn_implementation
+        kwargs["attn_implementation"] = resolve_attention(spec.attn_implementation, dtype)
     try:
         if quantization_config is not None and (spec.random_init or gguf):
             # bitsandbytes quantizes while loading a checkpoint; random or GGUF weights go through a temporary one
-            unquantized = replace(spec, dtype="float32" if spec.dtype == "auto" else spec.dtype)
+            # in the compute dtype: an 8B model's temporary checkpoint is 16 GB in bf16 (32 GB in float32)
+            unquantized = replace(spec, dtype=str(dtype).removeprefix("torch."))  # type: ignore[arg-type]
             model = load_model(unquantized, key=key, head=head)
             model = _quantize_via_checkpoint(model, dtype, quantization_config, device_map, head)
         elif spec.random_init:

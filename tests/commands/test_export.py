@@ -106,3 +106,25 @@ def test_an_unknown_checkpoint_directory_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "neither FSDP2 shards (.metadata) nor a DeepSpeed checkpoint (latest)" in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bf16_true_run_exports_and_generates_in_bfloat16(tmp_path, tiny_spec, capsys):
+    """`--dtype keep` writes what the run trained: bfloat16 weights for a `bf16-true` run (was float32)."""
+    from safetensors import safe_open
+
+    pl.seed_everything(0)
+    ckpt = VerifiedCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, max_steps=2, precision="bf16-true", callbacks=[ckpt], enable_checkpointing=True).fit(
+        module(tiny_spec, peft=LoRA(r=4, dropout=0.0), lr=1e-2), datamodule(tiny_spec)
+    )
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["lightft_precision"] == "bf16-true"
+    assert load_trained(last).model.dtype == torch.bfloat16
+    for merge, name in ((True, "model.safetensors"), (False, "adapter_model.safetensors")):
+        out = tmp_path / f"export-{merge}"
+        export(str(last), str(out), merge=merge, device="cpu")
+        with safe_open(out / name, "pt") as weights:
+            assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"BF16"}, name  # noqa: SIM118
+    main(["generate", "--model", str(tmp_path / "export-True"), "--prompt", "Mei wants two lattes.",
+          "--max_new_tokens", "3", "--dtype", "bfloat16", "--device", "cpu"])  # fmt: skip
+    assert "--- completion" in capsys.readouterr().out
