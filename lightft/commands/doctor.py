@@ -6,6 +6,8 @@ Reads `lightft fit`'s arguments, loads the tokenizer and tokenizes the data (no 
   (a template that writes BOS and a tokenizer that adds another trains on a doubled BOS), EOS among the trained
   tokens of every complete example (else the model never learns to stop), a chat template for chat data;
 - data: per split, examples kept, truncated, dropped as too long, dropped for training on zero tokens;
+- batches: examples per micro-batch and per optimizer step, optimizer steps per epoch (and, with packing, the
+  unpacked run's steps: a warning when `batch_size_unit: rows` makes an epoch take fewer);
 - a few examples rendered with the trained tokens marked (`[[...]]`, green on a terminal);
 - the config-time compatibility checks (method x PEFT x data x strategy x accelerator);
 - the memory estimate (`lightft estimate`).
@@ -78,6 +80,7 @@ def diagnose(module: Any, data: Any, trainer: dict[str, Any], n_examples: int = 
         report.section("data")
         encoded = data_checks(report, data, tokenizer)
         if encoded is not None:
+            batch_checks(report, data, trainer)
             report.section(f"first {n_examples} training example(s), trained tokens marked")
             render(report, encoded, tokenizer, n_examples, color)
     report.section("memory")
@@ -193,6 +196,28 @@ def data_checks(report: Report, data: Any, tokenizer: Any) -> Any:
         "would not learn to stop; check the chat template / completion format",
     )
     return train
+
+
+def batch_checks(report: Report, data: Any, trainer: dict[str, Any]) -> None:
+    """What an optimizer step holds and how many an epoch takes (the line `fit` logs at start)."""
+    if not hasattr(data, "batch_report"):
+        return
+    accumulate = int(trainer.get("accumulate_grad_batches") or 1)
+    batches = _guarded(report, "batches", lambda: data.batch_report(_world_size(trainer), accumulate))
+    if batches is None:
+        return
+    report.section("batches")
+    report.lines.append(f"  info    {batches.line}")
+    if batches.warning:
+        report.check(False, "", batches.warning, error=False)
+
+
+def _world_size(trainer: dict[str, Any]) -> int:
+    """Ranks the trainer arguments ask for; `auto` / -1 devices count as 1 per node (as `lightft estimate` does)."""
+    devices = trainer.get("devices", 1)
+    devices = len(devices) if isinstance(devices, (list, tuple)) else devices
+    per_node = int(devices) if str(devices).isdigit() and int(devices) > 0 else 1
+    return per_node * int(trainer.get("num_nodes", 1) or 1)
 
 
 def render(report: Report, rows: Any, tokenizer: Any, n: int, color: bool) -> None:

@@ -41,8 +41,9 @@ def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
 class TokenDataset(Dataset):
     """Encoded rows (`input_ids`, `labels`), one item per example or per pack of examples.
 
-    Keys may be plain indices or `(index, step_tokens)` pairs from `PlannedBatchSampler`; the pair's second value
-    (trained tokens in the whole optimizer step) travels into the batch for exact loss normalisation.
+    Keys may be plain indices or `(key, step_tokens)` pairs from `PlannedBatchSampler`; the pair's second value
+    (trained tokens in the whole optimizer step) travels into the batch for exact loss normalisation. In a pair,
+    the key may be a tuple of example indices: one row packed from those examples (the planner packs by step).
 
     Args:
         rows: Sequence of dicts (e.g. a `datasets.Dataset`) with `input_ids` and `labels`.
@@ -55,26 +56,34 @@ class TokenDataset(Dataset):
         units = packs if packs is not None else [[i] for i in range(len(lengths))]
         self.lengths = [sum(lengths[i] for i in unit) for unit in units]
         self.trained = [sum(trained[i] for i in unit) for unit in units]
+        self.docs = [len(unit) for unit in units]  # examples per item
+        self.n_examples = len(lengths)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: Any) -> dict[str, Any]:
         index, step_tokens = key if isinstance(key, tuple) else (key, None)
-        if self.packs is None:
-            row = self.rows[index]
-            item: dict[str, Any] = {"input_ids": row["input_ids"], "labels": row["labels"], "rows": [index]}
+        if isinstance(index, tuple):  # a row packed by the planner
+            item = self._packed(list(index))
+        elif self.packs is not None:
+            item = self._packed(list(self.packs[index]))
         else:
-            docs = self.rows[self.packs[index]]
-            item = {
-                "input_ids": [t for ids in docs["input_ids"] for t in ids],
-                "labels": [t for labels in docs["labels"] for t in labels],
-                "position_ids": [p for ids in docs["input_ids"] for p in range(len(ids))],
-                "rows": list(self.packs[index]),
-            }
+            row = self.rows[index]
+            item = {"input_ids": row["input_ids"], "labels": row["labels"], "rows": [index]}
         if step_tokens is not None:
             item["step_tokens"] = step_tokens
         return item
+
+    def _packed(self, indices: list[int]) -> dict[str, Any]:
+        """The examples `indices` concatenated into one row, positions restarting per example."""
+        docs = self.rows[indices]
+        return {
+            "input_ids": [t for ids in docs["input_ids"] for t in ids],
+            "labels": [t for labels in docs["labels"] for t in labels],
+            "position_ids": [p for ids in docs["input_ids"] for p in range(len(ids))],
+            "rows": indices,
+        }
 
 
 class Collator:

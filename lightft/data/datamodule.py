@@ -2,19 +2,21 @@
 
 `prepare_data` (one process per node) reads and tokenizes every split into the `datasets` cache; `setup` (every
 rank) reads the cache and builds the datasets; dataloaders batch by plan (see `lightft.data.sampling`): length
-grouping, packing, and exact per-step token counts. The tokenizer comes from the model's `ModelSpec` (linked by
-the CLI from `model.init_args.model`).
+grouping, packing, and exact per-step token counts; `batch_size_unit` says whether `batch_size` counts rows,
+examples or tokens. The tokenizer comes from the model's `ModelSpec` (linked by the CLI from
+`model.init_args.model`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from lightft.data.batch_report import BatchReport, report_batches
 from lightft.data.collate import Collator, PromptCollator, TokenDataset, pack_lengths
 from lightft.data.pipeline import encode_prompts, encode_split
 from lightft.data.sampling import PlannedBatchSampler, ResumableDataLoader
@@ -24,6 +26,7 @@ from lightft.errors import LightFTError
 from lightft.models.loading import ModelSpec, load_tokenizer
 
 KEY = "data.init_args"
+BatchSizeUnit = Literal["rows", "examples", "tokens"]
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
 
@@ -72,9 +75,21 @@ class TokenDataModule(pl.LightningDataModule):
         self.max_length, self.batch_size = max_length, batch_size
         self.group_by_length, self.num_workers, self.seed = group_by_length, num_workers, seed
         self.packing = False
+        self.batch_size_unit: BatchSizeUnit = "rows"  # what batch_size counts (SFTDataModule lets it be chosen)
         self._tokenizer: Any = None
+        self._batches_logged = False
         self.datasets: dict[str, Dataset] = {}
         self.stats: dict[str, Any] = {}  # split -> what encoding kept, truncated and dropped (`SplitStats`)
+
+    @property
+    def rows_per_micro_batch(self) -> int:
+        """The most rows of up to `max_length` tokens a full step's micro-batch holds (for memory estimates).
+
+        `batch_size`, except with `batch_size_unit: tokens`: `batch_size // max_length` rows hold its budget.
+        """
+        if self.batch_size_unit == "tokens":
+            return max(1, self.batch_size // self.max_length)
+        return self.batch_size
 
     def encode(self, name: str, report: bool = True) -> Any:
         """The encoded rows of split `name` (cached by `datasets`)."""
@@ -117,8 +132,8 @@ class TokenDataModule(pl.LightningDataModule):
             elif name != "val":
                 raise LightFTError(f"{KEY}.{name}: `{stage}` needs {name} data; set data.init_args.{name}.")
 
-    def _split_train(self) -> None:
-        parts = self.encode("train").train_test_split(test_size=self.val_fraction, seed=self.seed)
+    def _split_train(self, report: bool = True) -> None:
+        parts = self.encode("train", report=report).train_test_split(test_size=self.val_fraction, seed=self.seed)
         self.datasets["train"], self.datasets["val"] = (
             self.make_dataset(parts["train"]),
             self.make_dataset(parts["test"]),
@@ -137,18 +152,30 @@ class TokenDataModule(pl.LightningDataModule):
         dataset: Any = self.datasets[name]
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        sampler = PlannedBatchSampler(
+        accumulate = trainer.accumulate_grad_batches if trainer and train else 1
+        sampler = self._sampler(name, dataset, accumulate, world, rank, train)
+        return self._dataloader(name, dataset, sampler, ResumableDataLoader if train else DataLoader)
+
+    def _sampler(
+        self, name: str, dataset: Any, accumulate: int, world: int, rank: int, train: bool
+    ) -> PlannedBatchSampler:
+        """The batch planner of split `name` on `rank` of `world`."""
+        return PlannedBatchSampler(
             dataset.lengths,
             getattr(dataset, "trained", dataset.lengths),
             self.batch_size,
-            accumulate=trainer.accumulate_grad_batches if trainer and train else 1,
+            accumulate=accumulate,
             world_size=world,
             rank=rank,
             shuffle=train,
             group_by_length=self.group_by_length or not train,
             seed=self.seed,
+            **self._planning(name),
         )
-        return self._dataloader(name, dataset, sampler, ResumableDataLoader if train else DataLoader)
+
+    def _planning(self, name: str) -> dict[str, Any]:
+        """What the planner does beyond cutting items into steps: token budgets (`unit`), packing by step."""
+        return {}
 
     def _dataloader(self, name: str, dataset: Any, batches: Any, loader_class: type = DataLoader) -> DataLoader:
         """A loader of `batches` (lists of keys) with the split's collator and its own random generator.
@@ -166,8 +193,33 @@ class TokenDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, planned micro-batches for this rank."""
-        return self._loader("train", train=True)
+        """Shuffled, planned micro-batches for this rank; the first call logs what an optimizer step holds."""
+        loader = self._loader("train", train=True)
+        if not self._batches_logged:
+            self._batches_logged = True
+            report = self._batch_report(loader.batch_sampler, self.datasets["train"])
+            if report is not None:
+                rank_zero_info(report.line)
+        return loader
+
+    def batch_report(self, world_size: int = 1, accumulate: int = 1) -> BatchReport | None:
+        """What each optimizer step of the training split holds on `world_size` ranks with `accumulate` (no Trainer).
+
+        Encodes the training split quietly if no stage built it; None when there is no training data.
+        """
+        if "train" not in self.datasets:
+            if self.specs.get("train") is None:
+                return None
+            if self.specs.get("val") is None and self.val_fraction:
+                self._split_train(report=False)
+            else:
+                self.datasets["train"] = self.make_dataset(self.encode("train", report=False))
+        dataset = self.datasets["train"]
+        return self._batch_report(self._sampler("train", dataset, accumulate, world_size, 0, True), dataset)
+
+    def _batch_report(self, sampler: PlannedBatchSampler, dataset: Any) -> BatchReport | None:
+        """Examples per micro-batch and per optimizer step, optimizer steps per epoch, and packing's effect on them."""
+        return report_batches(self, sampler, dataset)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches (length-sorted); empty when no validation data is configured."""
@@ -207,8 +259,12 @@ class SFTDataModule(TokenDataModule):
         tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
         max_length: Longest sequence in tokens (and pack size when packing).
         truncation: Longer examples: `right` keeps the start, `left` keeps the end, `drop` discards them.
-        batch_size: Sequences (or packs) per micro-batch per device.
+        batch_size: Per micro-batch per device, in `batch_size_unit`.
         packing: Concatenate examples into rows of `max_length`; documents never attend to each other.
+        batch_size_unit: What `batch_size` counts. `rows`: sequences, or packed rows with packing (an epoch then
+            takes fewer optimizer steps than unpacked). `examples`: examples; with packing each optimizer step is
+            planned from examples exactly as unpacked, then packed, so the run takes the unpacked run's steps.
+            `tokens`: at most `batch_size` tokens per micro-batch, padding included (at least `max_length`).
         group_by_length: Batch examples of similar length together (less padding).
         num_workers: DataLoader worker processes.
         seed: Seed for shuffling and the validation split.
@@ -226,6 +282,7 @@ class SFTDataModule(TokenDataModule):
         truncation: Truncation = "right",
         batch_size: int = 4,
         packing: bool = False,
+        batch_size_unit: BatchSizeUnit = "rows",
         group_by_length: bool = True,
         num_workers: int = 0,
         seed: int = 42,
@@ -233,6 +290,7 @@ class SFTDataModule(TokenDataModule):
         specs = {"train": train, "val": val, "test": test, "predict": predict}
         super().__init__(specs, val_fraction, tokenizer, max_length, batch_size, group_by_length, num_workers, seed)
         self.truncation, self.packing = truncation, packing
+        self.batch_size_unit = check_batch_size_unit(batch_size_unit, batch_size, max_length)
 
     def encode(self, name: str, report: bool = True) -> Any:
         """Token ids and labels (prompts for `predict`) of split `name`."""
@@ -249,8 +307,17 @@ class SFTDataModule(TokenDataModule):
         """Examples, packs of examples, or generation prompts."""
         if "prompt_ids" in rows.column_names:
             return PromptDataset(rows)
-        packs = pack_lengths(rows["length"], self.max_length) if self.packing else None
+        by_step = self.batch_size_unit == "examples"  # the planner packs each step's examples instead
+        packs = pack_lengths(rows["length"], self.max_length) if self.packing and not by_step else None
         return TokenDataset(rows, packs)
+
+    def _planning(self, name: str) -> dict[str, Any]:
+        """Token budgets; packing by step when `batch_size` counts examples (not for `predict`'s prompts)."""
+        if self.batch_size_unit == "tokens":
+            return {"unit": "tokens"}
+        if self.packing and self.batch_size_unit == "examples" and name != "predict":
+            return {"pack_length": self.max_length}
+        return {}
 
     def collator(self, name: str) -> Any:
         """Right padding (packed rows: position ids), left-padded prompts for `predict`."""
@@ -260,3 +327,16 @@ class SFTDataModule(TokenDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Left-padded prompt batches."""
         return self._loader("predict")
+
+
+def check_batch_size_unit(unit: str, batch_size: int, max_length: int) -> BatchSizeUnit:
+    """`unit` if it makes sense with `batch_size` and `max_length`; else a one-line LightFTError."""
+    if unit not in ("rows", "examples", "tokens"):
+        raise LightFTError(f"{KEY}.batch_size_unit: {unit!r} is not one of rows, examples, tokens.")
+    if unit == "tokens" and batch_size < max_length:
+        raise LightFTError(
+            f"{KEY}.batch_size_unit: tokens makes batch_size the tokens per micro-batch, and {batch_size} is below "
+            f"max_length {max_length} (one full row); set batch_size to a multiple of max_length, e.g. "
+            f"{4 * max_length}, or use batch_size_unit: examples."
+        )
+    return cast(BatchSizeUnit, unit)

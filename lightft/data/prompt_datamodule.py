@@ -11,9 +11,11 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from lightft.data.batch_report import BatchReport
 from lightft.data.collate import PromptCollator
 from lightft.data.datamodule import KEY, PromptDataset, TokenDataModule
 from lightft.data.pipeline import encode_prompts
+from lightft.data.sampling import PlannedBatchSampler
 from lightft.data.sources import DatasetSpec
 from lightft.models.loading import ModelSpec
 
@@ -57,3 +59,7 @@ class PromptDataModule(TokenDataModule):
     def collator(self, name: str) -> Any:
         """Left-padded prompts with their row index and reference."""
         return PromptCollator(self.tokenizer.pad_token_id)
+
+    def _batch_report(self, sampler: PlannedBatchSampler, dataset: Any) -> BatchReport | None:
+        """None: PPO/GRPO step the optimizer per rollout minibatch, not per loader batch (see `PPOModule`)."""
+        return None

@@ -101,3 +101,28 @@ def test_pad_equal_to_eos_is_an_error():
                                              chat_template=None))  # fmt: skip
     assert report.errors[0].startswith("tokenizer: the pad token is EOS (id 2)")
     assert report.warnings[0].startswith("tokenizer: no chat template")
+
+
+def test_batches_show_the_steps_an_epoch_takes_and_warn_when_packing_cuts_them(capsys):
+    packed = ["--data.init_args.packing", "true", "--data.init_args.max_length", "512",
+              "--trainer.accumulate_grad_batches", "2", "--examples", "0"]  # fmt: skip
+    code, out = doctor(capsys, *packed)
+    assert code == 0, out
+    # 64 examples of ~100 tokens: ~5 per packed row, so 8 rows per step take 2 steps where 4 examples take 8
+    assert "info    batches: 4 packed rows of up to 512 tokens per micro-batch x 2 accumulation x 1 rank = " in out
+    assert "2 optimizer steps per epoch (unpacked with batch_size 4: 8 steps); set batch_size_unit: examples" in out
+    assert "0 error(s), 1 warning(s)" in out
+    assert "warning data.init_args.batch_size_unit: rows with packing: batch_size 4 counts packed rows" in out
+    code, out = doctor(capsys, *packed, "--data.init_args.batch_size_unit", "examples")
+    assert code == 0 and "0 error(s), 0 warning(s)" in out, out
+    assert "info    batches: 4 examples (1 packed row of up to 512 tokens) per micro-batch x 2 accumulation x 1 " in out
+    assert "= 8 examples (~311 trained tokens) per optimizer step, 8 optimizer steps per epoch (the unpacked" in out
+
+
+def test_a_meaningless_batch_size_unit_is_a_config_error(capsys):
+    with _NoExit() as exit_info:
+        main(["doctor", "--config", TINY, "--data.init_args.batch_size_unit", "tokens"])
+    assert exit_info.code == 2
+    assert (
+        "data.init_args.batch_size_unit: tokens makes batch_size the tokens per micro-batch" in capsys.readouterr().err
+    )
