@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -159,13 +160,16 @@ def saved_activation_bytes(
     dtype: torch.dtype = torch.float32,
     logits: bool = True,
     cuda: bool = False,
+    checkpointing: bool = False,
 ) -> tuple[int, int]:
     """Bytes autograd saves in one training forward of `model` (meta device) on a (batch, seq_len) input.
 
     Returns (all saved bytes, the part saved inside decoder layers). Each saved storage counts once (views share
     their base's); parameters are left out (counted as weights). `logits=False`: the forward computes no logits
     (the chunked loss applies the output layer itself). `cuda`: dropout keeps a one-byte mask (CUDA's fused
-    dropout) where the CPU trace sees its noise in the input's dtype. Runs on fake tensors: no memory, no compute.
+    dropout) where the CPU trace sees its noise in the input's dtype. `checkpointing`: the forward runs with
+    non-reentrant gradient checkpointing, so what is kept is each checkpointed layer's inputs (hidden states, the
+    attention mask, position embeddings). Runs on fake tensors: no memory, no compute.
     """
     from lightft.strategies import decoder_layers
 
@@ -190,6 +194,8 @@ def saved_activation_bytes(
     model = _in_dtype(copy.deepcopy(model), dtype)
     with mode:
         model = model.to_empty(device="cpu").train()  # training mode: dropout saves its masks
+    if checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
     hooks = []
     for modules, name in ((decoder_layers(model), "layer"), ([m for m in model.modules() if isinstance(m, nn.Dropout)],
                                                             "dropout")):  # fmt: skip
@@ -350,16 +356,18 @@ def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple
     rows = plan.batch_size * (2 if pairs else 1)  # chosen and rejected in one forward
     lm_loss = plan.method != "RewardModelModule"
     chunked = lm_loss and plan.chunked_loss
-    saved, in_layers = saved_activation_bytes(model, rows, plan.seq_len, dtype, not chunked, plan.accelerator == "gpu")
+    trace = partial(saved_activation_bytes, model, rows, plan.seq_len, dtype, not chunked, plan.accelerator == "gpu")
+    saved, in_layers = trace()
     logits = loss_bytes(model, plan, rows * plan.seq_len) if lm_loss else 0.0
     activations, host = float(saved), 0.0
     one_layer = in_layers / counts.layers if counts.layers else 0.0
     if plan.gradient_checkpointing and counts.layers:
-        # kept: each layer's input, plus one layer's activations while it is recomputed in backward. The output
-        # layer's and the loss's work is done before the first layer is recomputed, so only what it needs beyond
-        # that layer adds to the peak.
-        boundaries = counts.layers * rows * plan.seq_len * model.config.hidden_size * csize
-        activations = saved - in_layers + boundaries + one_layer
+        # kept: each checkpointed layer's inputs, plus one layer's activations while it is recomputed in backward.
+        # The output layer's and the loss's work is done before the first layer is recomputed, so only what it
+        # needs beyond that layer adds to the peak.
+        kept, _ = trace(checkpointing=True)
+        boundaries = counts.layers * rows * plan.seq_len * model.config.hidden_size * csize  # the hidden states
+        activations = kept + one_layer
         logits = max(0.0, logits - one_layer)
         if plan.activation_offloading and plan.accelerator == "gpu":
             activations, host = activations - boundaries, float(boundaries)  # the layer inputs wait on the host
@@ -371,9 +379,10 @@ def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple
 def loss_bytes(model: nn.Module, plan: Plan, positions: int) -> float:
     """Peak bytes of the output layer and the loss over `positions` trained positions (all of the batch: worst case).
 
-    Chunked: one chunk's logits in the compute dtype plus two float32 (chunk, vocab) buffers (the upcast logits and
-    the gradient, built in place; measured 9-12 bytes per logit in fp32 on CPU), the positions' hidden states the
-    chunks keep for backward, and a trainable output layer's weight gradient of one chunk before it is added up.
+    Chunked: one chunk's work — its logits in a 16-bit compute dtype, plus two float32 (chunk, vocab) buffers (the
+    float32 logits and the logsumexp's exponentials in forward, the gradient built in place in backward; 8 bytes
+    per logit measured in fp32 on CPU) — the positions' hidden states the chunks keep for backward, and a trainable
+    output layer's weight gradient of one chunk before it is added up.
     Unchunked: the logits, the loss's float32 copy of the trained positions and its log-softmax.
     """
     from lightft.losses.logprobs import CHUNK_ELEMENTS
@@ -382,9 +391,10 @@ def loss_bytes(model: nn.Module, plan: Plan, positions: int) -> float:
     if not plan.chunked_loss:
         return float(positions * vocab * (csize + 2 * 4))
     chunk = min(positions, plan.loss_chunk_size or max(1, CHUNK_ELEMENTS // vocab))
+    work = chunk * vocab * ((csize if csize < 4 else 0) + 2 * 4)  # float32 logits are not copied by the upcast
     head = model.get_output_embeddings().weight
     head_grad = head.numel() * head.element_size() if head.requires_grad else 0
-    return float(chunk * vocab * (csize + 2 * 4) + positions * model.config.hidden_size * csize + head_grad)
+    return float(work + positions * model.config.hidden_size * csize + head_grad)
 
 
 def rollout_bytes(model: nn.Module, plan: Plan) -> float:

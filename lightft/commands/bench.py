@@ -47,6 +47,7 @@ AXES = {  # option -> (column, how a value becomes `lightft fit` arguments)
     "--kernels": ("kernels", lambda v: ["--model.init_args.compute.kernels", v]),
 }
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # dense bf16
+SYNTHETIC_ROWS = 1024
 WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his"]
 COLUMNS = ["cell", "status", "estimate_gib", "peak_gib", "reserved_gib", "error_pct", "step_seconds",
            "tokens_per_second", "mfu", "world_size", "device", "reason"]  # fmt: skip
@@ -59,8 +60,11 @@ def _overlay(value: str) -> str:
     return str(path)
 
 
-def synthetic_text(path: Path, rows: int = 256, words: int = 600) -> Path:
-    """Plain-text rows (every token trained) that pack into full rows."""
+def synthetic_text(path: Path, rows: int = SYNTHETIC_ROWS, words: int = 50) -> Path:
+    """Plain-text documents (every token trained) of ~50-100 tokens, several to a packed row.
+
+    Full packed rows with their block-diagonal attention: the case the estimate assumes.
+    """
     rng = random.Random(0)
     path.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(words))}) + "\n"
                             for _ in range(rows)))  # fmt: skip
@@ -211,7 +215,8 @@ def main(args: list[str]) -> None:
     if synthetic:
         data = str(synthetic_text(out / "synthetic.jsonl"))
         args += ["--data.init_args.packing", "true", "--data.init_args.train.path", data,
-                 "--data.init_args.val.path", data, "--data.init_args.val_fraction", "0"]  # fmt: skip
+                 "--data.init_args.train.max_examples", str(SYNTHETIC_ROWS), "--data.init_args.val.path", data,
+                 "--data.init_args.val_fraction", "0"]  # fmt: skip
     rows = []
     for cell in tqdm(cells(axes), desc="lightft bench", unit="cell"):
         rows.append(run_cell(args, cell, {"steps": steps, "timeout": timeout}, out))
