@@ -12,9 +12,10 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig
 from torch import nn
-from transformers import BitsAndBytesConfig
+from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from lightft.errors import LightFTError
+from lightft.peft.dropout import fuse_lora_dropout
 from lightft.peft.library import PeftLibraryStrategy
 from lightft.peft.targets import resolve_targets
 
@@ -56,6 +57,12 @@ class LoRA(PeftLibraryStrategy):
         self.target_modules = target_modules
         self.rslora, self.dora, self.bias = rslora, dora, bias
         self.modules_to_save = modules_to_save
+
+    def apply(self, model: PreTrainedModel) -> nn.Module:
+        """The model with peft's LoRA, each adapter's input dropout fused into its A projection (`peft/dropout.py`)."""
+        wrapped = super().apply(model)
+        fuse_lora_dropout(wrapped)
+        return wrapped
 
     def peft_config(self, model: nn.Module) -> LoraConfig:
         """The equivalent `peft.LoraConfig`, targets resolved against `model`."""
