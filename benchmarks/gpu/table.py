@@ -221,9 +221,9 @@ NOTES = [
     "full rows (every token trained), except DPO/SFT (the preference pairs of `data/preference/train.jsonl`).",
     "- estimate: `lightft estimate` for the same config, CUDA context (0.5 GiB) included; estimate error compares it "
     "without the context to the measured peak.",
-    "- peak: `torch.cuda.max_memory_allocated` from the first training batch on (reserved in brackets); on CPU the "
-    "resident-memory rise. Memory goals are judged on the allocated peak.",
-    "- step s: mean time per training batch after the first (warm-up); tokens/s: trained tokens; MFU: 6N (full "
+    "- peak: `torch.cuda.max_memory_allocated` from the first batch after the warm-up on (reserved in brackets); on "
+    "CPU the resident-memory rise. Memory goals are judged on the allocated peak.",
+    "- step s: mean time per training batch after the first (warm-up); tokens/s: non-pad tokens; MFU: 6N (full "
     "fine-tuning) or 4N (frozen base) FLOPs per token over the GPU's dense bf16 peak (989 TFLOP/s for H100/H200), "
     "attention's own FLOPs not counted.",
     "- wall s: the whole row (start-up, model build, quantization, steps). The memory rows run beside the GPU-marked "
