@@ -68,7 +68,9 @@ class OutputHead:
         self.vocab_size = int(getattr(weight, "ds_shape", weight.shape)[0])  # ZeRO-3 partitions hold no shape
         self.scale = getattr(base, "logit_scale", None)
         self.softcap = getattr(base.config, "final_logit_softcapping", None)
-        self.fusable = type(self.layer) is nn.Linear and self.layer.bias is None and self.scale is None  # Liger
+        # Liger's fused loss takes the weight itself: a plain, bias-free layer not partitioned by ZeRO-3
+        plain = type(self.layer) is nn.Linear and self.layer.bias is None and not hasattr(weight, "ds_shape")
+        self.fusable = plain and self.scale is None
 
     def __call__(self, hidden: Tensor) -> Tensor:
         """(n, H) -> (n, V) logits."""
