@@ -84,7 +84,7 @@ def test_every_goal_judged_from_canned_cells(tmp_path):
     bench_row(res, "full1b", estimate_gib=70.0, peak_gib=66.0, step_seconds=0.61, tokens_per_second=53000, mfu=0.47)
     bench_row(res, "qlora8b", estimate_gib=7.5, peak_gib=6.2, step_seconds=1.5, tokens_per_second=1365)  # 6.66 GB
     (res / "qlora8b_nooffload").mkdir()
-    (res / "qlora8b_nooffload" / "skipped").write_text("knob absent\n")
+    (res / "qlora8b_nooffload" / "skipped").write_text("budget (optional row)\n")
     bench_row(res, "lora8b", estimate_gib=17.0, peak_gib=15.5, step_seconds=1.1, tokens_per_second=1860)
     bench_row(res, "dpo", estimate_gib=1.9, peak_gib=1.2, step_seconds=0.105, tokens_per_second=9000)
     bench_row(res, "sft", estimate_gib=1.4, peak_gib=0.9, step_seconds=0.100, tokens_per_second=5000)
@@ -100,7 +100,7 @@ def test_every_goal_judged_from_canned_cells(tmp_path):
     assert result(rows, "smollm2") == "measured"
     assert result(rows, "full1b") == "PASS: 47.0%"
     assert result(rows, "qlora8b") == "FAIL: 6.66 GB"  # 6.2 GiB is over 6.5 GB
-    assert result(rows, "qlora8b_nooffload") == "skipped: knob absent"
+    assert result(rows, "qlora8b_nooffload") == "skipped: budget (optional row)"
     assert result(rows, "lora8b") == "PASS: 15.50 GiB"
     assert result(rows, "dpo") == "PASS: 1.05×"
     assert result(rows, "sft") == "measured"

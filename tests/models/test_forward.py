@@ -153,7 +153,6 @@ def test_dpo_precomputed_reference_is_the_same_with_either_path(tmp_path, tiny_s
         module = DPOModule(tiny_spec, peft=LoRA(r=4), gradient_checkpointing=False, reference="precomputed",
                            compute=compute)  # fmt: skip
         module.configure_model()
-        module.trainer = None
         references.append(_precompute(module, data))
     torch.testing.assert_close(references[0], references[1], rtol=1e-5, atol=1e-5)
 
