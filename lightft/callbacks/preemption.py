@@ -21,7 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightft.checkpoints import save_atomically
@@ -42,10 +42,11 @@ class Preemption(pl.Callback):
         self.saved_to: Path | None = None
         self._previous: dict[int, Any] = {}
         self._trainer: pl.Trainer | None = None
+        self._step = 0  # the optimizer steps taken when the last batch ended
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Take over the signals (Lightning registered its handlers when fit began)."""
-        self._trainer, self.received, self.saved_to = trainer, 0, None
+        self._trainer, self.received, self.saved_to, self._step = trainer, 0, None, trainer.global_step
         for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._note)
 
@@ -59,16 +60,22 @@ class Preemption(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """At a step boundary: if any rank was signalled, every rank saves and stops."""
-        if not self.signals or (pl_module.automatic_optimization and trainer.fit_loop.epoch_loop._should_accumulate()):
+        """At a step boundary: if any rank was signalled, every rank saves and stops.
+
+        Under automatic optimization a batch ends a step when the optimizer stepped in it (`global_step` moved:
+        Lightning counts a step when it runs the optimizer, at the end of an accumulation or of the epoch); under
+        manual optimization every batch does.
+        """
+        stepped, self._step = trainer.global_step != self._step, trainer.global_step
+        if not self.signals or (pl_module.automatic_optimization and not stepped):
             return
         signum = self._agree(trainer)
         if not signum:
             return
         name = signal.Signals(signum).name
-        slurm = isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
-        requeue = slurm and signum == signal.SIGUSR1 and trainer._accelerator_connector.cluster_environment.auto_requeue
+        requeue = signum == signal.SIGUSR1 and requeues_on_slurm(trainer)
         if requeue:
+            # Lightning's name for it, which its SLURM resume reads back (the newest `hpc_ckpt_N.ckpt`); no public API
             path = Path(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
         else:
             path = checkpoint_dir(trainer) / "last.ckpt"
@@ -105,6 +112,20 @@ class Preemption(pl.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+def requeues_on_slurm(trainer: pl.Trainer) -> bool:
+    """Whether the run is under SLURM with auto-requeue (Lightning's `SLURMEnvironment`, `auto_requeue` on).
+
+    A parallel strategy carries the cluster environment Lightning chose, a `SLURMEnvironment` plugin's settings
+    included. A single-device strategy carries none: there the answer is the environment Lightning detects by
+    default (TorchElastic first, then SLURM, with auto-requeue), so a single-device run under SLURM requeues even
+    with a `SLURMEnvironment(auto_requeue=False)` plugin.
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is None and not TorchElasticEnvironment.detect() and SLURMEnvironment.detect():
+        environment = SLURMEnvironment()
+    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
