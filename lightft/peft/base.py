@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -57,13 +57,29 @@ def capability(strategy: object, name: str) -> bool:
     return bool(getattr(strategy, name, name != "prompt_style"))
 
 
+def logical_numel(param: Tensor) -> int:
+    """Elements of a parameter as the model uses it: a ZeRO-3 partition's whole (`ds_numel`), and for bitsandbytes'
+    packed 4-bit weights (`Params4bit`) the shape kept in their quantization state. Their storage holds two 4-bit
+    values per byte, so its element count depends on the storage dtype: a 64 x 64 weight is 2,048 uint8 elements
+    but 1,024 bfloat16 ones (`quant_storage: bfloat16`, the FSDP QLoRA setting). Before quantization (no state yet)
+    a `Params4bit` still holds the unpacked weight.
+    """  # noqa: D205
+    ds_numel = getattr(param, "ds_numel", None)
+    if ds_numel:
+        return int(ds_numel)
+    state = getattr(param, "quant_state", None) if type(param).__name__ == "Params4bit" else None
+    if state is not None:
+        return int(torch.Size(state.shape).numel())
+    return param.numel()
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 4-bit weights count their logical size, ZeRO-3 partitions the whole."""
+    """(trainable, total) parameter counts at their logical size (`logical_numel`): 4-bit weights count every
+    value whatever dtype packs them, ZeRO-3 partitions count the whole.
+    """  # noqa: D205
     trainable = total = 0
     for param in model.parameters():
-        n = getattr(param, "ds_numel", None) or param.numel()
-        if param.__class__.__name__ == "Params4bit":
-            n *= 2  # two 4-bit values per stored byte
+        n = logical_numel(param)
         total += n
         trainable += n if param.requires_grad else 0
     return trainable, total
@@ -73,3 +89,26 @@ def state_dict_bytes(state: dict[str, Tensor]) -> int:
     """Bytes of a state dict's tensors as safetensors stores them (tied weights once), less a header of a few kB."""
     unique = {(t.data_ptr(), tuple(t.shape), t.dtype): t for t in state.values()}
     return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def apply_seeded(peft: Any, base: nn.Module) -> nn.Module:
+    """`peft.apply(base)` with the random state the run was seeded with (`seed_everything`), restored afterwards.
+
+    New weights (LoRA's A, prompt embeddings, ...) start the same whatever building the base consumed (a loaded or
+    random base, ZeRO-3's partitioned construction), so every strategy trains the same initial adapter.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(torch.initial_seed())
+        return peft.apply(base)
+
+
+def peft_summary(peft: Any, model: nn.Module) -> dict[str, float]:
+    """Trainable and total parameters and the size of what the strategy saves (MB, safetensors)."""
+    trainable, total = count_parameters(model)
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100 * trainable / max(1, total),
+        "adapter_mb": state_dict_bytes(peft.trainable_state_dict(model)) / 1e6,
+    }

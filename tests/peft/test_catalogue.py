@@ -1,11 +1,15 @@
 """Every PEFT strategy on the tiny Llama: trains only its own parameters, leaves the base bit-identical,
-`disabled()` is the base model, save -> load reproduces the logits, merge equals unmerged where it is defined."""
+`disabled()` is the base model (full fine-tuning has none to disable), save -> load reproduces the logits, merge
+equals unmerged where it is defined. Method-specific behaviour: tests/peft/test_lora.py and the other test files
+beside this one."""
 
 import pytest
 import torch
 
+from lightft.data.formats import Example
+from lightft.data.templates import ExampleEncoder
 from lightft.errors import LightFTError
-from lightft.losses.sft import mean_token_loss
+from lightft.losses.sft import IGNORE_INDEX, mean_token_loss
 from lightft.models.loading import load_model
 from lightft.peft import (
     IA3,
@@ -18,7 +22,6 @@ from lightft.peft import (
     PTuning,
     QLoRA,
 )
-from tests.peft.test_strategies import batch_of, flat
 
 STRATEGIES = {
     "full": (FullFineTune(), lambda n: True),
@@ -33,6 +36,32 @@ STRATEGIES = {
     "prefix": (PrefixTuning(num_virtual_tokens=4), lambda n: "prompt_encoder" in n),
     "bottleneck": (BottleneckAdapter(size=8), lambda n: ".adapter." in n),
 }
+
+
+def batch_of(tokenizer):
+    """Two short chat examples, right-padded by hand into input ids, attention mask and labels (one batch the
+    strategies fit in a few steps)."""
+    encoder = ExampleEncoder(tokenizer, 64)
+    pairs = [("Log this order: two lattes at Oak Street", '{"item": "latte"}'), ("hi", "hello there")]
+    items = [
+        encoder.encode(Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}], [1]))
+        for q, a in pairs
+    ]
+    width = max(len(e.input_ids) for e in items)
+    batch = {
+        "input_ids": torch.full((len(items), width), tokenizer.pad_token_id),
+        "attention_mask": torch.zeros(len(items), width, dtype=torch.long),
+        "labels": torch.full((len(items), width), IGNORE_INDEX),
+    }
+    for row, e in enumerate(items):
+        n = len(e.input_ids)
+        batch["input_ids"][row, :n], batch["labels"][row, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels)
+        batch["attention_mask"][row, :n] = 1
+    return batch
+
+
+def flat(param):
+    return torch.Tensor(param.data).flatten()  # plain tensor view, also of bitsandbytes' packed 4-bit weights
 
 
 def base_for(strategy, spec, tokenizer, quantize=True):
@@ -100,6 +129,11 @@ def test_disabled_is_the_base_model(name, trained, tokenizer):
     with STRATEGIES[name][0].disabled(model):
         torch.testing.assert_close(logits(model, batch), reference)
     assert not torch.allclose(logits(model, batch), reference)
+
+
+def test_full_finetune_has_no_adapter_to_disable(tiny_model):
+    with pytest.raises(LightFTError, match="frozen reference copy"):
+        FullFineTune().disabled(tiny_model)
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

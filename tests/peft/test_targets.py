@@ -45,6 +45,12 @@ def test_lora_presets_apply_and_train_on_other_architectures(build):
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
 
 
+@pytest.mark.parametrize("targets", [["q_proj", "wq"], "nothing.*here"])
+def test_targets_that_match_nothing_name_the_valid_ones(tiny_model, targets):
+    with pytest.raises(LightFTError, match=r"target_modules: .*(down_proj|gate_proj)"):
+        LoRA(target_modules=targets).apply(tiny_model)
+
+
 def test_unknown_architecture_has_no_preset():
     class Custom(torch.nn.Module):
         config = type("Config", (), {"model_type": "my_arch"})()

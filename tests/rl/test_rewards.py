@@ -1,0 +1,138 @@
+"""Rewards (`lightft/rl/rewards.py`): the rule rewards on hand-worked cases, a tiny reward model saved to disk and
+scored through `RewardModelScorer` against its own forward pass, and `score`'s checks of what a reward returns.
+PPO/GRPO training with a reward: tests/modules/test_ppo.py; a broken reward through the CLI: tests/test_bad_input.py.
+"""
+
+import math
+
+import pytest
+import torch
+
+from lightft.errors import LightFTError
+from lightft.models.loading import load_model
+from lightft.rl.rewards import JSONMatchReward, KeywordReward, RewardFunction, RewardModelScorer, score
+
+REFERENCE = '{"item": "latte", "qty": 2}'
+
+
+def test_keyword_reward_counts_or_measures_the_keywords_density():
+    completions = ["abcab", "xyz", "", "ab"]
+    assert KeywordReward("ab", per_char=False)([""] * 4, completions, [""] * 4) == [2.0, 0.0, 0.0, 1.0]
+    # density: characters of keyword per character of completion, in [0, 1]
+    assert KeywordReward("ab")([""] * 4, completions, [""] * 4) == [2 * 2 / 5, 0.0, 0.0, 1.0]
+    with pytest.raises(LightFTError, match="keyword: must not be empty"):
+        KeywordReward("")
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (REFERENCE, 1.0),
+        (' \n{"qty": 2, "item": "latte"}\n', 1.0),  # field order and surrounding whitespace do not matter
+        ('{"item": "latte", "qty": 2, "size": "tall"}', 1.0),  # extra fields are not penalised
+        ('{"item": "latte", "qty": 3}', 0.5),  # one of two fields right
+        ('{"item": "latte"}', 0.5),  # a missing field counts as wrong
+        ('{"item": "Latte", "qty": "2"}', 0.0),  # exact values: case and type matter
+        ('{"item": "latte", "qty": 2', "invalid"),  # not JSON
+        ('["latte", 2]', "invalid"),  # JSON, but not an object
+        ("Sure! Here it is: " + REFERENCE, "invalid"),  # text around the object
+    ],
+)
+def test_json_match_reward_scores_the_fraction_of_reference_fields(completion, expected):
+    for invalid in (0.0, -1.0):
+        want = invalid if expected == "invalid" else expected
+        assert JSONMatchReward(invalid=invalid)(["p"], [completion], [REFERENCE]) == [want]
+
+
+def test_json_match_reward_without_a_usable_reference_scores_invalid():
+    reward = JSONMatchReward(invalid=-1.0)
+    assert reward(["p", "p"], ["{}", '{"a": 1}'], ["{}", "not json"]) == [-1.0, -1.0]
+
+
+def test_rule_rewards_are_reward_functions():
+    assert isinstance(KeywordReward("a"), RewardFunction) and isinstance(JSONMatchReward(), RewardFunction)
+    assert isinstance(RewardModelScorer("unused"), RewardFunction)
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory, tiny_spec, tokenizer):
+    """A tiny reward model (the tiny Llama with a one-label scalar head) and its tokenizer, saved as an export is."""
+    out = tmp_path_factory.mktemp("reward-model")
+    torch.manual_seed(0)
+    model = load_model(tiny_spec, tokenizer, head="reward")
+    torch.nn.init.normal_(model.score.weight)  # scores that differ between texts
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def forward_score(reward_dir, tokenizer, text: str, keep: int | None = None) -> float:
+    """The saved model's score of one text, unpadded: its logit at the last token (of the last `keep` tokens)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[:, -(keep or 0) :]
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0, 0].item()
+
+
+PROMPTS = ["<|im_start|>user\nOrder?<|im_end|>\n<|im_start|>assistant\n"] * 3
+COMPLETIONS = ['{"item": "latte"}', "no", "two lattes at Oak Street, please, and a muffin"]
+
+
+def test_reward_model_scorer_scores_prompt_completion_and_eos(reward_dir, tokenizer):
+    scorer = RewardModelScorer(str(reward_dir), batch_size=2)  # 3 texts: a padded batch of 2, then 1
+    scores = torch.as_tensor(scorer(PROMPTS, COMPLETIONS, [""] * 3))
+    texts = [p + c + tokenizer.eos_token for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
+    expected = [forward_score(reward_dir, tokenizer, text) for text in texts]
+    torch.testing.assert_close(scores, torch.tensor(expected), rtol=1e-4, atol=1e-5)
+    assert len(set(scores.tolist())) == 3  # the texts are told apart
+    one_at_a_time = RewardModelScorer(str(reward_dir), batch_size=1)(PROMPTS, COMPLETIONS, [""] * 3)
+    torch.testing.assert_close(torch.as_tensor(one_at_a_time), scores, rtol=1e-4, atol=1e-5)  # padding changes none
+
+
+def test_reward_model_scorer_keeps_the_end_of_a_long_text(reward_dir, tokenizer):
+    text = PROMPTS[2] + COMPLETIONS[2] + tokenizer.eos_token
+    assert len(tokenizer(text, add_special_tokens=False).input_ids) > 8
+    scores = RewardModelScorer(str(reward_dir), max_length=8)(PROMPTS[2:], COMPLETIONS[2:], [""])
+    assert scores[0].item() == pytest.approx(forward_score(reward_dir, tokenizer, text, keep=8), abs=1e-5)
+    assert not math.isclose(scores[0].item(), forward_score(reward_dir, tokenizer, text), abs_tol=1e-5)
+
+
+def test_reward_model_scorer_names_a_missing_directory(tmp_path):
+    with pytest.raises(LightFTError, match=r"reward\.init_args\.path: reward model directory '.*absent' not found"):
+        RewardModelScorer(str(tmp_path / "absent"))(["p"], ["c"], [""])
+
+
+class Returns:
+    """A reward answering `value` whatever it is asked."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __call__(self, prompts, completions, references):
+        if isinstance(self.value, Exception):
+            raise self.value
+        return self.value
+
+
+def test_score_returns_float32_scores_one_per_completion():
+    scores = score(Returns([1, 2]), ["p", "p"], ["a", "b"], ["", ""])
+    assert scores.dtype == torch.float32 and scores.tolist() == [1.0, 2.0]
+    assert score(KeywordReward("a", per_char=False), ["p"], ["banana"], [""]).tolist() == [3.0]
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ([1.0], r"\(Returns\): returned shape \(1,\) for 2 completions"),
+        ([[1.0], [2.0]], r"returned shape \(2, 1\) for 2 completions"),
+        ([1.0, float("nan")], "returned a non-finite score"),
+        ([1.0, float("inf")], "returned a non-finite score"),
+        (ValueError("boom"), r"\(Returns\): raised ValueError: boom; fix the reward function"),
+        (LightFTError("its own message"), "^its own message$"),  # the reward's own lightft errors pass unchanged
+    ],
+)
+def test_score_refuses_what_is_not_one_finite_score_per_completion(value, match):
+    with pytest.raises(LightFTError, match=match):
+        score(Returns(value), ["p", "p"], ["a", "b"], ["", ""])
