@@ -46,11 +46,13 @@ class ChosenOnly(SFTModule):
     """SFT on the chosen rows of a preference batch (the same tokens DPO sees, half the rows)."""
 
     def training_step(self, batch, batch_idx):
-        half = len(batch["input_ids"]) // 2
-        chosen = {k: batch[k][:half] for k in ("input_ids", "labels", "attention_mask")}
+        from lightft.data.batches import TokenBatch
         from lightft.losses import mean_token_loss
 
-        return mean_token_loss(self(chosen), chosen["labels"])
+        half = batch.size  # pairs: the chosen rows come first
+        chosen = TokenBatch(input_ids=batch.input_ids[:half], labels=batch.labels[:half],
+                            attention_mask=batch.attention_mask[:half])  # fmt: skip
+        return mean_token_loss(self(chosen), chosen.labels)
 
 
 def run(name: str, module, data, steps: int) -> dict:

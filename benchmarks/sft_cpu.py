@@ -74,13 +74,13 @@ def run_plain(data: Path, batch_size: int) -> dict:
     tokens = padded = steps = 0
     start = time.perf_counter()
     for batch in loader:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        mean_token_loss(logits, batch["labels"]).backward()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        mean_token_loss(logits, batch.labels).backward()
         optimizer.step()
         optimizer.zero_grad()
         tokens, padded, steps = (
-            tokens + int(batch["attention_mask"].sum()),
-            padded + batch["input_ids"].numel(),
+            tokens + batch.real_tokens(),
+            padded + batch.input_ids.numel(),
             steps + 1,
         )
     return {"seconds": time.perf_counter() - start, "tokens": tokens, "processed": padded, "steps": steps}
@@ -91,7 +91,6 @@ def run_lightft(data: Path, batch_size: int, packing: bool) -> dict:
     import lightning.pytorch as pl
 
     from lightft import SFTDataModule, SFTModule
-    from lightft.callbacks.monitor import batch_tokens
     from lightft.data.sources import DatasetSpec
     from lightft.models.loading import ModelSpec
     from lightft.optim import OptimizerConfig
@@ -105,8 +104,8 @@ def run_lightft(data: Path, batch_size: int, packing: bool) -> dict:
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, idx):
-            self.tokens += batch_tokens(batch)
-            self.processed += batch["input_ids"].numel()
+            self.tokens += batch.real_tokens()
+            self.processed += batch.input_ids.numel()
             self.steps += 1
 
         def on_train_end(self, *_):

@@ -89,7 +89,7 @@ def _lightning_clock() -> type:
 
         def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             self.step_times.append(time.perf_counter() - self.batch_start)
-            labels = batch["labels"]
+            labels = batch.labels
             self.trained += int((labels[:, 1:] != IGNORE_INDEX).sum())
             self.processed += labels.numel()
             self.rows += len(labels)
@@ -287,11 +287,11 @@ def child_dpo_eval(base: str, adapter: str, beta: float, pairs: int, out: Path) 
                                "mean_margin": sum(margins) / len(margins)}))  # fmt: skip
 
 
-def _sequence_logps(model: Any, batch: dict) -> Any:
+def _sequence_logps(model: Any, batch: Any) -> Any:
     import torch
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    labels = batch["labels"][:, 1:]
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    labels = batch.labels[:, 1:]
     mask = labels != IGNORE_INDEX
     logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     picked = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)

@@ -124,3 +124,25 @@ def test_configs_naming_missing_classes(tmp_path, capsys, earlier_run, config, a
                  "--trainer.default_root_dir", str(earlier_run))  # fmt: skip
     assert re.search(expected, line), line
     assert snapshot(earlier_run) == before
+
+
+LATIN1 = "caf\u00e9".encode("latin-1")  # b"caf\xe9": Latin-1, not UTF-8
+NOT_UTF8 = {
+    "tiny": ("latin1.csv", [b"prompt,completion", b"hi,yo", b"order one " + LATIN1 + b",done"]),
+    "tiny_dpo": ("latin1.jsonl", [b'{"prompt": "a", "chosen": "x", "rejected": "y"}'] * 2
+                 + [b'{"prompt": "' + LATIN1 + b'", "chosen": "x", "rejected": "y"}']),
+    "tiny_ppo": ("latin1.json", [b"[", b'{"prompt": "hi"},', b'{"prompt": "' + LATIN1 + b'"}', b"]"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("config", sorted(NOT_UTF8))
+def test_data_that_is_not_utf8_names_the_line_and_says_to_save_it_as_utf8(tmp_path, capsys, config):
+    name, lines = NOT_UTF8[config]
+    data = tmp_path / name
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    val = [] if config == "tiny_ppo" else ["--data.init_args.val", "null"]
+    line = fails(capsys, "fit", "--config", str(CONFIGS / f"{config}.yaml"), "--data.init_args.train", str(data),
+                 *val, "--trainer.default_root_dir", str(tmp_path / "run"))  # fmt: skip
+    expected = rf"^lightft: error: {re.escape(str(data))}:3: not UTF-8 text \(byte 0xe9 at offset \d+\); save the file"
+    assert re.search(expected, line), line
+    assert not list((tmp_path / "run").rglob("*.ckpt"))

@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightft.callbacks.monitor import batch_tokens
+from lightft.data.batches import Batch
 
 
 def _status_bytes(field: str) -> int:
@@ -77,14 +77,14 @@ class BenchProbe(pl.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Batch, idx: int
     ) -> None:
-        """Stop the step clock; count the step's trained tokens after the warm-up steps."""
+        """Stop the step clock; count the batch's non-pad tokens after the warm-up steps."""
         self._sync(trainer)
         self._batches += 1
         if self._batches > self.warmup:  # counted across epochs (the batch index restarts each epoch)
             self.steps.append(time.perf_counter() - self._start)
-            self.tokens += batch_tokens(batch)
+            self.tokens += batch.real_tokens()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Reduce over ranks and write the record."""

@@ -1,7 +1,8 @@
 """Per-optimizer-step throughput and memory: non-pad tokens/s summed over ranks, peak memory (max over ranks).
 
 Lightning's ThroughputMonitor extrapolates rank 0's counts by the world size, which is wrong when length-grouped
-batches differ across ranks; here every rank's real token count is reduced.
+batches differ across ranks; here every rank's real token count (`Batch.real_tokens`: packed rows count their
+documents, prompt batches their prompt tokens) is reduced.
 """
 
 from __future__ import annotations
@@ -13,19 +14,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightft.data.batches import Batch
+
 
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory of this process: CUDA max allocated on GPU, max resident set size (RSS) on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def batch_tokens(batch: dict[str, Any]) -> int:
-    """Non-pad tokens in a batch (packed rows count their documents, not the padding)."""
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["n_tokens"])  # packed batches carry their count
 
 
 class TrainingMonitor(pl.Callback):
@@ -42,10 +38,10 @@ class TrainingMonitor(pl.Callback):
             self._start, self._step = time.perf_counter(), trainer.global_step
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Batch, idx: int
     ) -> None:
         """Count tokens; when the optimizer has stepped, log throughput and memory."""
-        self._tokens += batch_tokens(batch)
+        self._tokens += batch.real_tokens()
         if trainer.global_step == self._step or self._start is None:
             return
         device = trainer.strategy.root_device

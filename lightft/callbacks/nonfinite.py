@@ -3,10 +3,11 @@
 After the backward passes of a step and before the optimizer runs (`on_before_optimizer_step`), every rank checks
 its losses of the step and its local gradients; the ranks agree (one all-reduce); on a bad step every gradient is
 dropped (`grad = None`: AdamW and the bitsandbytes optimizers leave such a parameter, its moments and its step count
-untouched), `train/skipped_steps` is logged, and the step's examples (row indices and token ids) are written to
-`<run dir>/nonfinite/step-<N>-rank<R>.json`. After `max_consecutive` bad steps in a row the run stops with an
-error naming the dump. The learning-rate schedule still advances by the skipped step. With fp16 and a GradScaler,
-overflowing gradients are left to the scaler (it skips the step and lowers the scale); only non-finite losses count.
+untouched), `train/skipped_steps` is logged, and the step's micro-batches (`Batch.plain()`: dataset rows or indices,
+token ids, labels, ...) are written to `<run dir>/nonfinite/step-<N>-rank<R>.json`. After `max_consecutive` bad steps
+in a row the run stops with an error naming the dump. The learning-rate schedule still advances by the skipped step.
+With fp16 and a GradScaler, overflowing gradients are left to the scaler (it skips the step and lowers the scale);
+only non-finite losses count.
 
 DeepSpeed keeps its own gradient buffers, so a step cannot be skipped from outside: there the first bad step
 stops the run (after the dump).
@@ -22,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightft.data.batches import Batch
 from lightft.errors import LightFTError
 
 
@@ -39,13 +41,13 @@ class NonFiniteGuard(pl.Callback):
         self.max_consecutive, self.dump_examples = max_consecutive, dump_examples
         self.consecutive = self.skipped = 0
         self._bad_loss = False
-        self._batches: list[dict[str, Any]] = []
+        self._batches: list[Batch] = []
         self.dumps: list[Path] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        """Remember what this micro-batch holds (for the dump)."""
-        if self.dump_examples and isinstance(batch, dict):
-            self._batches.append(_describe(batch))
+        """Remember this micro-batch (for the dump; its tensors are read only if the step turns out bad)."""
+        if self.dump_examples and isinstance(batch, Batch):
+            self._batches.append(batch)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -96,14 +98,15 @@ class NonFiniteGuard(pl.Callback):
             )
         rank_zero_warn(f"step {trainer.global_step}: non-finite loss or gradient, update skipped{where}")
 
-    def _dump(self, trainer: pl.Trainer, batches: list[dict[str, Any]]) -> Path | None:
+    def _dump(self, trainer: pl.Trainer, batches: list[Batch]) -> Path | None:
         if not self.dump_examples:
             return None
         name = f"step-{trainer.global_step}-rank{trainer.global_rank}.json"
         path = Path(trainer.default_root_dir) / "nonfinite" / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        plain = [{key: _plain(value) for key, value in batch.items()} for batch in batches]
-        path.write_text(json.dumps({"step": trainer.global_step, "rank": trainer.global_rank, "micro_batches": plain}))
+        plain = [batch.plain() for batch in batches]
+        record = {"step": trainer.global_step, "rank": trainer.global_rank, "micro_batches": plain}
+        path.write_text(json.dumps(record))
         self.dumps.append(path)
         return path
 
@@ -120,13 +123,3 @@ def _finite_grads(optimizer: torch.optim.Optimizer) -> bool:
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: this rank's shard
     return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one device sync
-
-
-def _describe(batch: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a micro-batch's examples: dataset rows / indices and token ids (kept as they are)."""
-    keys = ("rows", "index", "input_ids", "chosen_input_ids", "rejected_input_ids")
-    return {key: batch[key] for key in keys if key in batch}
-
-
-def _plain(value: Any) -> Any:
-    return value.tolist() if isinstance(value, torch.Tensor) else value

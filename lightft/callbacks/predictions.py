@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -19,11 +20,19 @@ class PredictionWriter(BasePredictionWriter):
         self.path: Path | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Choose a fresh file name for this run."""
-        if stage == "predict":
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            self.path = Path(trainer.default_root_dir) / "predictions" / f"{stamp}-rank{trainer.global_rank}.jsonl"
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Claim a fresh file for this run (created empty; a run in the same second gets a numbered name)."""
+        if stage != "predict":
+            return
+        folder = Path(trainer.default_root_dir) / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp, rank = time.strftime("%Y%m%d-%H%M%S"), trainer.global_rank
+        for n in itertools.count(1):
+            self.path = folder / (f"{stamp}-rank{rank}.jsonl" if n == 1 else f"{stamp}-{n}-rank{rank}.jsonl")
+            try:
+                self.path.open("x").close()  # exclusive creation: never another run's file
+                return
+            except FileExistsError:
+                continue
 
     def write_on_batch_end(
         self,

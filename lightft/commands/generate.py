@@ -110,9 +110,8 @@ def generate(
     collate = PromptCollator(tokenizer.pad_token_id)
     rows = []
     for start in range(0, len(items), batch_size):
-        batch = collate(items[start : start + batch_size])
-        ids, mask = batch["input_ids"].to(target), batch["attention_mask"].to(target)
-        texts = generate_batch(network, tokenizer, ids, mask, settings)
+        batch = collate(items[start : start + batch_size]).to(target)
+        texts = generate_batch(network, tokenizer, batch.input_ids, batch.attention_mask, settings)
         for item, text in zip(items[start : start + batch_size], texts, strict=True):
             prompt_text = tokenizer.decode(item["prompt_ids"], skip_special_tokens=False)
             rows.append({"prompt": prompt_text, "completion": text.strip(), "reference": item["reference"]})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lightft.data.collate import TokenDataset
+from lightft.data.datasets import TokenDataset
 from lightft.data.sampling import PlannedBatchSampler, PlanSummary, count_steps
 
 KEY = "data.init_args"

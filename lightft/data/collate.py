@@ -1,4 +1,8 @@
-"""Encoded examples -> batches: padding, and packing in which documents never attend to each other.
+"""Dataset items -> typed batches (`lightft.data.batches`): padding, and packing that keeps documents apart.
+
+`Collator` pads token rows (`TokenBatch`), `PairCollator` stacks chosen and rejected rows (`PairBatch`),
+`UnpairedCollator` adds KTO's mismatched rows (`UnpairedBatch`), `PromptCollator` left-pads prompts (`PromptBatch`).
+The step's `normaliser` that the planner put into every item of a micro-batch becomes the batch's.
 
 Packing concatenates documents into rows of at most `max_length` tokens (best-fit decreasing) and restarts
 `position_ids` per document with no 2-D attention mask; transformers then builds a block-diagonal causal mask from
@@ -13,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
+from lightft.data.batches import PairBatch, PromptBatch, TokenBatch, UnpairedBatch
 from lightft.data.templates import IGNORE_INDEX
 
 
@@ -38,58 +42,11 @@ def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     return bins
 
 
-class TokenDataset(Dataset):
-    """Encoded rows (`input_ids`, `labels`), one item per example or per pack of examples.
-
-    Keys may be plain indices or `(key, step_tokens)` pairs from `PlannedBatchSampler`; the pair's second value
-    (trained tokens in the whole optimizer step) travels into the batch for exact loss normalisation. In a pair,
-    the key may be a tuple of example indices: one row packed from those examples (the planner packs by step).
-
-    Args:
-        rows: Sequence of dicts (e.g. a `datasets.Dataset`) with `input_ids` and `labels`.
-        packs: Lists of row indices concatenated into one item, or None for no packing.
-    """
-
-    def __init__(self, rows: Any, packs: list[list[int]] | None = None) -> None:
-        self.rows, self.packs = rows, packs
-        lengths, trained = list(rows["length"]), list(rows["n_trained"])
-        units = packs if packs is not None else [[i] for i in range(len(lengths))]
-        self.lengths = [sum(lengths[i] for i in unit) for unit in units]
-        self.trained = [sum(trained[i] for i in unit) for unit in units]
-        self.docs = [len(unit) for unit in units]  # examples per item
-        self.n_examples = len(lengths)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, key: Any) -> dict[str, Any]:
-        index, step_tokens = key if isinstance(key, tuple) else (key, None)
-        if isinstance(index, tuple):  # a row packed by the planner
-            item = self._packed(list(index))
-        elif self.packs is not None:
-            item = self._packed(list(self.packs[index]))
-        else:
-            row = self.rows[index]
-            item = {"input_ids": row["input_ids"], "labels": row["labels"], "rows": [index]}
-        if step_tokens is not None:
-            item["step_tokens"] = step_tokens
-        return item
-
-    def _packed(self, indices: list[int]) -> dict[str, Any]:
-        """The examples `indices` concatenated into one row, positions restarting per example."""
-        docs = self.rows[indices]
-        return {
-            "input_ids": [t for ids in docs["input_ids"] for t in ids],
-            "labels": [t for labels in docs["labels"] for t in labels],
-            "position_ids": [p for ids in docs["input_ids"] for p in range(len(ids))],
-            "rows": indices,
-        }
-
-
 class Collator:
-    """Right-pads a list of items into tensors.
+    """Right-pads a list of items (`input_ids`, `labels`; optionally `position_ids`, `rows`, `normaliser`) into a batch.
 
-    Unpacked items get an `attention_mask`; packed items get `position_ids` and no mask (see module docstring).
+    Unpacked items get an `attention_mask`; packed items (with `position_ids`) get `position_ids` and no mask (see
+    module docstring), and the batch counts its real tokens in `n_tokens`.
 
     Args:
         pad_id: Token id used for padding (never EOS after `fix_pad_token`).
@@ -99,35 +56,46 @@ class Collator:
     def __init__(self, pad_id: int, pad_to_multiple_of: int = 1) -> None:
         self.pad_id, self.multiple = pad_id, max(1, pad_to_multiple_of)
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Tensors of one batch."""
-        width = max(len(item["input_ids"]) for item in items)
-        width = -(-width // self.multiple) * self.multiple
-        batch = {
-            "input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
-            "labels": torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long),
-        }
-        packed = "position_ids" in items[0]
-        if packed:
-            batch["position_ids"] = torch.arange(width).repeat(len(items), 1)
-        else:
-            batch["attention_mask"] = torch.zeros((len(items), width), dtype=torch.long)
+    def __call__(self, items: list[dict[str, Any]]) -> TokenBatch:
+        """One batch of token rows."""
+        lengths = [len(item["input_ids"]) for item in items]
+        width = -(-max(lengths) // self.multiple) * self.multiple
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
         for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            batch["input_ids"][row, :n] = torch.tensor(item["input_ids"])
-            batch["labels"][row, :n] = torch.tensor(item["labels"])
-            if packed:
-                batch["position_ids"][row, :n] = torch.tensor(item["position_ids"])
-                batch["position_ids"][row, n:] = torch.arange(width - n)  # padding: its own document
-            else:
-                batch["attention_mask"][row, :n] = 1
-        if packed:  # no attention mask to count real tokens from
-            batch["n_tokens"] = torch.tensor(sum(len(item["input_ids"]) for item in items))
-        if "step_tokens" in items[0]:
-            batch["step_tokens"] = torch.tensor(float(items[0]["step_tokens"]))
-        if "rows" in items[0]:
-            batch["rows"] = [item["rows"] for item in items]  # the dataset rows in each batch row (for diagnostics)
-        return batch
+            input_ids[row, : lengths[row]] = torch.tensor(item["input_ids"])
+            labels[row, : lengths[row]] = torch.tensor(item["labels"])
+        packed = items[0].get("position_ids") is not None
+        return TokenBatch(
+            input_ids=input_ids,
+            labels=labels,
+            attention_mask=None if packed else _mask(lengths, width),
+            position_ids=_positions(items, width) if packed else None,
+            n_tokens=torch.tensor(sum(lengths)) if packed else None,  # no attention mask to count real tokens from
+            normaliser=_normaliser(items),
+            rows=[item["rows"] for item in items] if items[0].get("rows") is not None else None,
+        )
+
+
+def _mask(lengths: list[int], width: int) -> torch.Tensor:
+    """(len(lengths), width) attention mask of right-padded rows."""
+    return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+def _positions(items: list[dict[str, Any]], width: int) -> torch.Tensor:
+    """(len(items), width) position ids of packed rows; the padding after a row's documents is one more document."""
+    positions = torch.arange(width).repeat(len(items), 1)
+    for row, item in enumerate(items):
+        n = len(item["position_ids"])
+        positions[row, :n] = torch.tensor(item["position_ids"])
+        positions[row, n:] = torch.arange(width - n)
+    return positions
+
+
+def _normaliser(items: list[dict[str, Any]]) -> torch.Tensor | None:
+    """The step's normaliser that the planner gave every item of the micro-batch (None outside planned batches)."""
+    value = items[0].get("normaliser")
+    return None if value is None else torch.tensor(float(value))
 
 
 class PromptCollator:
@@ -136,8 +104,8 @@ class PromptCollator:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Tensors of one batch, plus row indices and reference texts."""
+    def __call__(self, items: list[dict[str, Any]]) -> PromptBatch:
+        """One batch of prompts, with their row indices and reference texts."""
         width = max(len(item["prompt_ids"]) for item in items)
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -145,55 +113,23 @@ class PromptCollator:
             n = len(item["prompt_ids"])
             input_ids[row, width - n :] = torch.tensor(item["prompt_ids"])
             attention_mask[row, width - n :] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "index": torch.tensor([item["index"] for item in items]),
-            "reference": [item.get("reference", "") for item in items],
-        }
-
-
-class ExampleDataset(Dataset):
-    """Encoded preference rows, one item per pair (or per unpaired example) with its row index.
-
-    The batch planner normalises by items, not tokens (`trained` is 1 per item): preference losses are means over
-    pairs, so the step's normaliser is its number of pairs.
-    """
-
-    def __init__(self, rows: Any) -> None:
-        self.rows = rows
-        self.lengths = list(rows["length"])
-        self.trained = [1] * len(self.lengths)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, step_items = key if isinstance(key, tuple) else (key, None)
-        item = {**self.rows[index], "index": index}
-        if step_items is not None:
-            item["step_items"] = step_items
-        return item
+        return PromptBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            index=torch.tensor([item["index"] for item in items]),
+            references=[item["reference"] for item in items],
+        )
 
 
 def _pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`, `labels` and `attention_mask` of (ids, labels) rows."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    lengths = [len(ids) for ids, _ in rows]
+    input_ids = torch.full((len(rows), max(lengths)), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), max(lengths)), IGNORE_INDEX, dtype=torch.long)
     for row, (ids, row_labels) in enumerate(rows):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(ids)] = torch.tensor(row_labels)
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-
-
-def _common(items: list[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    batch["index"] = torch.tensor([item["index"] for item in items])
-    if "step_items" in items[0]:
-        batch["step_items"] = torch.tensor(float(items[0]["step_items"]))
-    return batch
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": _mask(lengths, max(lengths))}
 
 
 class PairCollator:
@@ -202,14 +138,17 @@ class PairCollator:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Tensors of one batch, plus the pairs' row `index` (for precomputed reference log-probs)."""
+    def __call__(self, items: list[dict[str, Any]]) -> PairBatch:
+        """One batch of pairs, with their row `index` (for precomputed reference log-probs) and `margin`, if any."""
         rows = [(item["chosen_ids"], item["chosen_labels"]) for item in items]
         rows += [(item["rejected_ids"], item["rejected_labels"]) for item in items]
-        batch = _pad_rows(rows, self.pad_id)
-        if "margin" in items[0]:
-            batch["margin"] = torch.tensor([float(item["margin"]) for item in items])
-        return _common(items, batch)
+        with_margin = items[0].get("margin") is not None  # a column of the data (reward models), or absent
+        return PairBatch(
+            **_pad_rows(rows, self.pad_id),
+            normaliser=_normaliser(items),
+            index=torch.tensor([item["index"] for item in items]),
+            margin=torch.tensor([float(item["margin"]) for item in items]) if with_margin else None,
+        )
 
 
 def split_completion(ids: list[int], labels: list[int]) -> int:
@@ -227,8 +166,8 @@ class UnpairedCollator:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Tensors of one batch, plus `desirable` (B,) and the rows' `index`."""
+    def __call__(self, items: list[dict[str, Any]]) -> UnpairedBatch:
+        """One batch of 2B rows, with `desirable` (B,) and the examples' `index`."""
         rows = [(item["input_ids"], item["labels"]) for item in items]
         cuts = [split_completion(ids, labels) for ids, labels in rows]
         n = len(items)
@@ -236,6 +175,9 @@ class UnpairedCollator:
             j = (i + 1) % n
             prompt, completion = rows[i][0][: cuts[i]], slice(cuts[j], None)
             rows.append((prompt + rows[j][0][completion], [IGNORE_INDEX] * cuts[i] + rows[j][1][completion]))
-        batch = _pad_rows(rows, self.pad_id)
-        batch["desirable"] = torch.tensor([item["desirable"] for item in items])
-        return _common(items, batch)
+        return UnpairedBatch(
+            **_pad_rows(rows, self.pad_id),
+            normaliser=_normaliser(items),
+            index=torch.tensor([item["index"] for item in items]),
+            desirable=torch.tensor([item["desirable"] for item in items]),
+        )

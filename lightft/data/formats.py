@@ -1,10 +1,10 @@
-"""Dataset formats (TRL's field names) -> one normalised `Example`.
+"""Dataset formats (TRL's field names) -> normalised `Example`s.
 
 SFT formats: conversational `messages`; `prompt`/`completion` (plain strings or lists of messages); alpaca
-`instruction`/`input`/`output`; plain `text`. Preference formats (`lightft.data.preference`): `prompt`/`chosen`/
-`rejected`, implicit-prompt `chosen`/`rejected`, unpaired `prompt`/`completion`/`label` (KTO); and `prompt` alone for
-RL. A column mapping renames a dataset's own fields (dotted paths reach into nested records, e.g.
-`{prompt: question, completion: answer.value}`).
+`instruction`/`input`/`output`; plain `text`. Preference formats (encoded by `lightft.data.preference`):
+`prompt`/`chosen`/`rejected` and implicit-prompt `chosen`/`rejected` (a pair of examples, `to_pair`), unpaired
+`prompt`/`completion`/`label` (KTO, `to_unpaired`); and `prompt` alone for RL. A column mapping renames a dataset's
+own fields (dotted paths reach into nested records, e.g. `{prompt: question, completion: answer.value}`).
 """
 
 from __future__ import annotations
@@ -113,8 +113,7 @@ def to_example(row: Mapping[str, Any], fmt: str, conversational_alpaca: bool, wh
         return Example(segments=[(_text(row["text"], "text", where), True)])
     if fmt == "prompt_only":
         return prompt_example(row["prompt"], where)
-    from lightft.data.preference import to_pair, to_unpaired  # preference formats: the chosen/given completion
-
+    # preference formats: the chosen (or the given) completion
     return to_unpaired(row, where)[0] if fmt == "unpaired_preference" else to_pair(row, fmt, where)[0]
 
 
@@ -178,3 +177,56 @@ def prompt_only(example: Example) -> Example:
         first_trained = example.trained_turns[0] if example.trained_turns else len(example.messages)
         return Example(example.messages[:first_trained], [])
     return Example(segments=[s for s in example.segments if not s[1]])
+
+
+def to_pair(row: Mapping[str, Any], fmt: str, where: str) -> tuple[Example, Example]:
+    """(prompt + chosen, prompt + rejected) of one preference row."""
+    for name in ("chosen", "rejected") if fmt == "implicit_preference" else ("prompt", "chosen", "rejected"):
+        if row.get(name) is None:
+            raise LightFTError(f"{where}: field '{name}' is missing or null (format {fmt}); fix the row or drop it.")
+    if row["chosen"] == row["rejected"]:
+        raise LightFTError(
+            f"{where}: 'chosen' and 'rejected' are identical, a pair that teaches nothing; fix the row or drop it."
+        )
+    if fmt == "implicit_preference":
+        prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"], where)
+    else:
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    return prompt_completion(prompt, chosen, where, "chosen"), prompt_completion(prompt, rejected, where, "rejected")
+
+
+def to_unpaired(row: Mapping[str, Any], where: str) -> tuple[Example, bool]:
+    """(prompt + completion, desirable) of one KTO row."""
+    for name in ("prompt", "completion", "label"):
+        if row.get(name) is None:
+            raise LightFTError(f"{where}: field '{name}' is missing or null (format unpaired_preference); fix the row.")
+    label = row["label"]
+    if not isinstance(label, bool):
+        raise LightFTError(f"{where}: field 'label' must be true (desirable) or false (undesirable), got {label!r}.")
+    return prompt_completion(row["prompt"], row["completion"], where), label
+
+
+def split_implicit_prompt(chosen: Any, rejected: Any, where: str) -> tuple[Any, Any, Any]:
+    """(prompt, chosen completion, rejected completion) from two full texts or conversations sharing a beginning."""
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        k = 0
+        while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+            k += 1
+        if k == 0 or k == len(chosen) or k == len(rejected):
+            raise LightFTError(
+                f"{where}: 'chosen' and 'rejected' must share leading messages (the prompt) and then differ; "
+                "give an explicit 'prompt' field instead."
+            )
+        return chosen[:k], chosen[k:], rejected[k:]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        k = 0
+        while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+            k += 1
+        k = chosen.rfind(" ", 0, k + 1) + 1 if k < len(chosen) and " " in chosen[:k] else k  # cut at a word start
+        if k == 0 or k == len(chosen) or k == len(rejected):
+            raise LightFTError(
+                f"{where}: 'chosen' and 'rejected' share no prompt text (or one contains the other); give an "
+                "explicit 'prompt' field instead."
+            )
+        return chosen[:k], chosen[k:], rejected[k:]
+    raise LightFTError(f"{where}: 'chosen' and 'rejected' must both be strings or both be lists of messages.")

@@ -9,73 +9,18 @@ labels only on their completion tokens. A pair in which either side trains on no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from lightft.data.formats import Example, prompt_completion
+from lightft.data.formats import to_pair, to_unpaired
 from lightft.data.pipeline import SplitStats, filter_untrainable, formatted_rows, tokenizer_fingerprint
 from lightft.data.sources import DatasetSpec
 from lightft.data.templates import Encoded, ExampleEncoder, Truncation
-from lightft.errors import LightFTError
 
 PAIRED_FORMATS = ("preference", "implicit_preference")
 PREFERENCE_FORMATS = (*PAIRED_FORMATS, "unpaired_preference")
-
-
-def to_pair(row: Mapping[str, Any], fmt: str, where: str) -> tuple[Example, Example]:
-    """(prompt + chosen, prompt + rejected) of one preference row."""
-    for name in ("chosen", "rejected") if fmt == "implicit_preference" else ("prompt", "chosen", "rejected"):
-        if row.get(name) is None:
-            raise LightFTError(f"{where}: field '{name}' is missing or null (format {fmt}); fix the row or drop it.")
-    if row["chosen"] == row["rejected"]:
-        raise LightFTError(
-            f"{where}: 'chosen' and 'rejected' are identical, a pair that teaches nothing; fix the row or drop it."
-        )
-    if fmt == "implicit_preference":
-        prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"], where)
-    else:
-        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-    return prompt_completion(prompt, chosen, where, "chosen"), prompt_completion(prompt, rejected, where, "rejected")
-
-
-def to_unpaired(row: Mapping[str, Any], where: str) -> tuple[Example, bool]:
-    """(prompt + completion, desirable) of one KTO row."""
-    for name in ("prompt", "completion", "label"):
-        if row.get(name) is None:
-            raise LightFTError(f"{where}: field '{name}' is missing or null (format unpaired_preference); fix the row.")
-    label = row["label"]
-    if not isinstance(label, bool):
-        raise LightFTError(f"{where}: field 'label' must be true (desirable) or false (undesirable), got {label!r}.")
-    return prompt_completion(row["prompt"], row["completion"], where), label
-
-
-def split_implicit_prompt(chosen: Any, rejected: Any, where: str) -> tuple[Any, Any, Any]:
-    """(prompt, chosen completion, rejected completion) from two full texts or conversations sharing a beginning."""
-    if isinstance(chosen, list) and isinstance(rejected, list):
-        k = 0
-        while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
-            k += 1
-        if k == 0 or k == len(chosen) or k == len(rejected):
-            raise LightFTError(
-                f"{where}: 'chosen' and 'rejected' must share leading messages (the prompt) and then differ; "
-                "give an explicit 'prompt' field instead."
-            )
-        return chosen[:k], chosen[k:], rejected[k:]
-    if isinstance(chosen, str) and isinstance(rejected, str):
-        k = 0
-        while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
-            k += 1
-        k = chosen.rfind(" ", 0, k + 1) + 1 if k < len(chosen) and " " in chosen[:k] else k  # cut at a word start
-        if k == 0 or k == len(chosen) or k == len(rejected):
-            raise LightFTError(
-                f"{where}: 'chosen' and 'rejected' share no prompt text (or one contains the other); give an "
-                "explicit 'prompt' field instead."
-            )
-        return chosen[:k], chosen[k:], rejected[k:]
-    raise LightFTError(f"{where}: 'chosen' and 'rejected' must both be strings or both be lists of messages.")
 
 
 def _side(encoded: Encoded | None) -> dict[str, Any]:

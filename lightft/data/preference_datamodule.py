@@ -1,8 +1,10 @@
 """PreferenceDataModule: preference pairs (reward models, DPO family) or unpaired examples (KTO).
 
 Each micro-batch holds `batch_size` pairs as 2 x `batch_size` rows (chosen, then rejected) so both sides go through
-the model in one forward pass; unpaired batches add KTO's mismatched rows. The planner normalises by pairs: every
-micro-batch carries the number of pairs in its whole optimizer step (`step_items`).
+the model in one forward pass (`PairBatch`); unpaired batches add KTO's mismatched rows (`UnpairedBatch`). The planner
+normalises by pairs: every micro-batch carries the number of pairs in its whole optimizer step (`normaliser`).
+Which of the two the data gives (`batch_type`) is known once a split is encoded; before that (config-time checks) it
+is read from the first configured split's columns.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
-from lightft.data.collate import ExampleDataset, PairCollator, UnpairedCollator
-from lightft.data.datamodule import KEY, TokenDataModule
+from lightft.data.base import KEY, TokenDataModule
+from lightft.data.batches import PairBatch, UnpairedBatch
+from lightft.data.collate import PairCollator, UnpairedCollator
+from lightft.data.datasets import ExampleDataset
 from lightft.data.pipeline import formatted_rows
 from lightft.data.preference import PAIRED_FORMATS, PREFERENCE_FORMATS, encode_preferences
 from lightft.data.sources import DatasetSpec
@@ -46,6 +50,7 @@ class PreferenceDataModule(TokenDataModule):
         self,
         train: DatasetSpec | str | None = None,
         val: DatasetSpec | str | None = None,
+        *,
         val_fraction: float = 0.0,
         test: DatasetSpec | str | None = None,
         tokenizer: ModelSpec | None = None,
@@ -56,16 +61,24 @@ class PreferenceDataModule(TokenDataModule):
         num_workers: int = 0,
         seed: int = 42,
     ) -> None:
-        specs = {"train": train, "val": val, "test": test}
-        super().__init__(specs, val_fraction, tokenizer, max_length, batch_size, group_by_length, num_workers, seed)
+        super().__init__(
+            {"train": train, "val": val, "test": test},
+            val_fraction=val_fraction,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            batch_size=batch_size,
+            group_by_length=group_by_length,
+            num_workers=num_workers,
+            seed=seed,
+        )
         self.truncation = truncation
-        self.paired: dict[str, bool] = {}
+        self.paired: dict[str, bool] = {}  # split -> whether it holds pairs, once encoded
 
     def encode(self, name: str, report: bool = True) -> Any:
         """Encoded pairs (or unpaired examples) of split `name`."""
         spec = self.specs[name]
         encoded, stats, paired = encode_preferences(
-            spec, f"{KEY}.{name}", self.tokenizer, self.max_length, self.truncation
+            spec, f"{KEY}.{name}", self.load_tokenizer(), self.max_length, self.truncation
         )
         kinds = set(self.paired.values()) | {paired}
         if len(kinds) > 1:
@@ -76,16 +89,21 @@ class PreferenceDataModule(TokenDataModule):
             rank_zero_info(stats.summary(f"{name} ({spec.path})", "pairs" if paired else "examples"))
         return encoded
 
-    @property
-    def is_paired(self) -> bool:
-        """True for chosen/rejected pairs, False for unpaired (KTO) data; known once a split is encoded."""
+    def batch_type(self) -> type[PairBatch | UnpairedBatch]:
+        """`PairBatch` for chosen/rejected pairs, `UnpairedBatch` for unpaired (KTO) rows.
+
+        Known once a split is encoded; before that (config-time checks) this reads the first configured split (its
+        columns and format, no tokenizing).
+        """
         if self.paired:
-            return next(iter(self.paired.values()))
-        name = next((n for n, spec in self.specs.items() if spec is not None), None)
-        if name is None:
-            raise LightFTError(f"{KEY}.train: no preference data configured; set data.init_args.train.")
-        _, fmt, _ = formatted_rows(self.specs[name], f"{KEY}.{name}", PREFERENCE_FORMATS)  # reads, no tokenizing
-        return fmt in PAIRED_FORMATS
+            paired = next(iter(self.paired.values()))
+        else:
+            name = next((n for n, spec in self.specs.items() if spec is not None), None)
+            if name is None:
+                raise LightFTError(f"{KEY}.train: no preference data configured; set data.init_args.train.")
+            _, fmt, _ = formatted_rows(self.specs[name], f"{KEY}.{name}", PREFERENCE_FORMATS)
+            paired = fmt in PAIRED_FORMATS
+        return PairBatch if paired else UnpairedBatch
 
     def make_dataset(self, rows: Any) -> Dataset:
         """One item per pair (or unpaired example)."""
@@ -93,5 +111,5 @@ class PreferenceDataModule(TokenDataModule):
 
     def collator(self, name: str) -> Any:
         """Chosen and rejected rows in one batch, or unpaired rows plus KTO's mismatched rows."""
-        pad = self.tokenizer.pad_token_id
-        return PairCollator(pad) if self.is_paired else UnpairedCollator(pad)
+        pad = self.load_tokenizer().pad_token_id
+        return PairCollator(pad) if self.batch_type() is PairBatch else UnpairedCollator(pad)

@@ -1,8 +1,8 @@
 """PromptDataModule: prompts for on-policy RL (PPO, GRPO), left-padded so generation starts where each row ends.
 
 Reads prompt-only data (`prompt`: a string or a list of messages) or takes the prompt of any SFT or preference
-format; the trained part, where there is one (`completion`, `chosen`, assistant turn), travels along as the
-`reference` passed to reward functions (e.g. a verifiable answer).
+format; the trained part, where there is one (`completion`, `chosen`, assistant turn), travels along in the
+`PromptBatch`'s `references`, passed to reward functions (e.g. a verifiable answer).
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from lightft.data.base import KEY, TokenDataModule
 from lightft.data.batch_report import BatchReport
+from lightft.data.batches import PromptBatch
 from lightft.data.collate import PromptCollator
-from lightft.data.datamodule import KEY, PromptDataset, TokenDataModule
+from lightft.data.datasets import PromptDataset
 from lightft.data.pipeline import encode_prompts
 from lightft.data.sampling import PlannedBatchSampler
 from lightft.data.sources import DatasetSpec
@@ -38,6 +40,7 @@ class PromptDataModule(TokenDataModule):
         self,
         train: DatasetSpec | str | None = None,
         val: DatasetSpec | str | None = None,
+        *,
         val_fraction: float = 0.0,
         tokenizer: ModelSpec | None = None,
         max_prompt_length: int = 512,
@@ -45,20 +48,32 @@ class PromptDataModule(TokenDataModule):
         num_workers: int = 0,
         seed: int = 42,
     ) -> None:
-        specs = {"train": train, "val": val}
-        super().__init__(specs, val_fraction, tokenizer, max_prompt_length, batch_size, False, num_workers, seed)
+        super().__init__(
+            {"train": train, "val": val},
+            val_fraction=val_fraction,
+            tokenizer=tokenizer,
+            max_length=max_prompt_length,
+            batch_size=batch_size,
+            group_by_length=False,
+            num_workers=num_workers,
+            seed=seed,
+        )
 
     def encode(self, name: str, report: bool = True) -> Any:
         """Prompt ids and reference texts of split `name`."""
-        return encode_prompts(self.specs[name], f"{KEY}.{name}", self.tokenizer, self.max_length)
+        return encode_prompts(self.specs[name], f"{KEY}.{name}", self.load_tokenizer(), self.max_length)
 
     def make_dataset(self, rows: Any) -> Dataset:
         """One item per prompt."""
         return PromptDataset(rows)
 
+    def batch_type(self) -> type[PromptBatch]:
+        """Left-padded prompts."""
+        return PromptBatch
+
     def collator(self, name: str) -> Any:
         """Left-padded prompts with their row index and reference."""
-        return PromptCollator(self.tokenizer.pad_token_id)
+        return PromptCollator(self.load_tokenizer().pad_token_id)
 
     def _batch_report(self, sampler: PlannedBatchSampler, dataset: Any) -> BatchReport | None:
         """None: PPO/GRPO step the optimizer per rollout minibatch, not per loader batch (see `PPOModule`)."""

@@ -91,7 +91,7 @@ class PlanSummary:
 
 
 class PlannedBatchSampler(Sampler[list[tuple[Any, int]]]):
-    """Yields this rank's micro-batches as lists of `(key, step_tokens)`.
+    """Yields this rank's micro-batches as lists of `(key, normaliser)`: the step's summed `trained` values.
 
     A key is an item index, or with `pack_length` a tuple of item indices that form one packed row.
 
@@ -206,11 +206,11 @@ class PlannedBatchSampler(Sampler[list[tuple[Any, int]]]):
         skip, self.start = self.start, 0
         served = 0
         for step in self.steps():
-            step_tokens = int(self.plan_trained[step].sum())
+            normaliser = int(self.plan_trained[step].sum())
             for micro in self._micro_batches(step):
                 served += 1
                 if served > skip:
-                    yield [(key, step_tokens) for key in micro]
+                    yield [(key, normaliser) for key in micro]
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.plan_lengths), self.step_units)

@@ -1,11 +1,13 @@
 """Where examples come from: local json/jsonl/parquet/csv files, a local dataset directory, or a Hub dataset.
 
 Local JSON is checked line by line before `datasets` reads it, so a malformed record is reported as `file:line`.
-Every row can be located for error messages (`train.jsonl:12`, `data.csv row 7`).
+Every row can be located for error messages (`train.jsonl:12`, `data.csv row 7`). Text must be UTF-8 (a byte order
+mark is fine): a file that is not is reported as `file:line` with the fix, never as a `UnicodeDecodeError`.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from lightft.data.formats import FormatName
 from lightft.errors import LightFTError
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt")  # what `datasets` reads from a directory as text
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def _load_local(path: Path, spec: DatasetSpec, key: str) -> tuple[datasets.Datas
     if not path.exists():
         raise LightFTError(f"{key}.path: data file '{path}' not found (relative to {Path.cwd()}); fix the path.")
     if path.is_dir():
+        for file in _text_files(path):  # arrow keeps invalid UTF-8 in JSON strings and fails only when a row is read
+            check_utf8(file)
         return _read(lambda: datasets.load_dataset(str(path), split=spec.split), path), (lambda i: f"{path} row {i}")
     builder = LOCAL_BUILDERS.get(path.suffix)
     if builder is None:
@@ -78,6 +83,8 @@ def _read(load: Callable[[], datasets.Dataset], path: Path) -> datasets.Dataset:
     try:
         return load()
     except Exception as err:  # datasets/arrow raise many types; the user needs the file and the first line
+        if path.is_file() and _caused_by(err, UnicodeDecodeError):
+            check_utf8(path)  # names the line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LightFTError(
             f"{path}: datasets could not read it ({first}); every record must have the same fields and types."
@@ -86,7 +93,7 @@ def _read(load: Callable[[], datasets.Dataset], path: Path) -> datasets.Dataset:
 
 def check_json(path: Path) -> list[int]:
     """Validate a JSON-lines or JSON-array file; returns the line number of each record (JSON lines) or []."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)
@@ -109,6 +116,56 @@ def check_json(path: Path) -> list[int]:
     if not lines:
         raise LightFTError(f"{path}: the file holds no records; add examples or point to another file.")
     return lines
+
+
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file (without its byte order mark, if any); else a LightFTError naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        check_utf8(path)  # raises, naming the line
+        raise
+
+
+def check_utf8(path: Path, chunk_size: int = 1 << 24) -> None:
+    """Raise a one-line LightFTError naming the line and the byte when `path` is not UTF-8 (read in chunks)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0  # the line at the start of `chunk`, and where `chunk` starts in the file
+    with path.open("rb") as file:
+        while True:
+            chunk = file.read(chunk_size)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                # err.object is `chunk` after the bytes of a character the decoder held back from the last chunk
+                at = offset + len(chunk) - len(err.object) + err.start
+                line += chunk[: max(0, at - offset)].count(b"\n")
+                raise LightFTError(
+                    f"{path}:{line}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {at}); save the file "
+                    "as UTF-8 (e.g. iconv -f <its encoding> -t utf-8)."
+                ) from err
+            if not chunk:
+                return
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+
+
+def _text_files(directory: Path) -> list[Path]:
+    """The text data files under `directory`, hidden files and folders left out (as `datasets` does)."""
+    files = [f for f in directory.rglob("*") if f.suffix in TEXT_SUFFIXES and f.is_file()]
+    return sorted(f for f in files if not any(part.startswith(".") for part in f.relative_to(directory).parts))
+
+
+def _caused_by(err: BaseException | None, kind: type[BaseException]) -> bool:
+    """Whether `err` or an exception it was raised from or during is a `kind`."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _check_objects(path: Path, records: object, where: Locator) -> None:

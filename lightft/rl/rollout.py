@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from lightft.data.batches import PromptBatch
 from lightft.generation import GenerationSettings
 from lightft.strategies import gathered_for_generation
 
@@ -43,13 +44,13 @@ class Rollout:
 def sample(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    batch: dict,
+    batch: PromptBatch,
     settings: GenerationSettings,
     samples_per_prompt: int = 1,
 ) -> Rollout:
-    """Generate `samples_per_prompt` responses per prompt (rows of one prompt are consecutive)."""
-    input_ids = batch["input_ids"].repeat_interleave(samples_per_prompt, dim=0)
-    prompt_mask = batch["attention_mask"].repeat_interleave(samples_per_prompt, dim=0)
+    """Generate `samples_per_prompt` responses per prompt of `batch` (rows of one prompt are consecutive)."""
+    input_ids = batch.input_ids.repeat_interleave(samples_per_prompt, dim=0)
+    prompt_mask = batch.attention_mask.repeat_interleave(samples_per_prompt, dim=0)
     config = settings.config(tokenizer, getattr(model, "generation_config", None))
     was_training = model.training
     model.eval()  # generation with the KV cache (training mode turns it off under gradient checkpointing)
@@ -63,7 +64,7 @@ def sample(
     response_mask, ended = response_extent(response, config.eos_token_id)
     response = response.masked_fill(~response_mask, tokenizer.pad_token_id)
     sequences = torch.cat([input_ids, response], dim=1)
-    references = [r for r in batch.get("reference", [""] * len(batch["input_ids"])) for _ in range(samples_per_prompt)]
+    references = [r for r in batch.references for _ in range(samples_per_prompt)]
     return Rollout(
         sequences=sequences,
         attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from lightft.data.collate import Collator, TokenDataset, pack_lengths
+from lightft.data.batches import TokenBatch
+from lightft.data.collate import Collator, pack_lengths
+from lightft.data.datasets import TokenDataset
 from lightft.data.formats import Example
 from lightft.data.templates import ExampleEncoder
 from lightft.losses.sft import token_cross_entropy
@@ -58,8 +60,8 @@ def test_packed_documents_have_exactly_their_unpacked_losses(tokenizer, attn):
     alone = []
     for i in range(len(data)):
         batch = collate([TokenDataset(data)[i]])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        alone.append(token_cross_entropy(logits, batch["labels"]))
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        alone.append(token_cross_entropy(logits, batch.labels))
     packed = TokenDataset(data, packs=[[0, 1, 2]])
     batch = collate(
         [
@@ -72,18 +74,18 @@ def test_packed_documents_have_exactly_their_unpacked_losses(tokenizer, attn):
             },
         ]
     )
-    assert "attention_mask" not in batch
+    assert batch.packed and batch.attention_mask is None
     # use_cache=False as in SFTModule.forward: transformers only detects packed rows when no KV cache is built
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[:1]
+    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits[:1]
     start = 0
     for i, length in enumerate(data["length"]):
         span = slice(start, start + length)
-        loss, n = token_cross_entropy(logits[:, span], batch["labels"][:1, span])
+        loss, n = token_cross_entropy(logits[:, span], batch.labels[:1, span])
         assert n == alone[i][1]
         torch.testing.assert_close(loss, alone[i][0], rtol=1e-5, atol=1e-5)
         start += length
     # and the whole packed row's loss is the sum of the documents' losses
-    total, count = token_cross_entropy(logits, batch["labels"][:1])
+    total, count = token_cross_entropy(logits, batch.labels[:1])
     torch.testing.assert_close(total, sum(a[0] for a in alone), rtol=1e-5, atol=1e-5)
     assert count == sum(a[1] for a in alone)
 
@@ -103,12 +105,16 @@ def test_without_position_resets_packing_would_leak(tokenizer):
 def test_collator_pads_right_with_pad_not_eos(tokenizer):
     data = make_rows(tokenizer, TEXTS)
     batch = Collator(tokenizer.pad_token_id, pad_to_multiple_of=8)([TokenDataset(data)[i] for i in range(3)])
-    assert batch["input_ids"].shape[1] % 8 == 0
-    lengths = batch["attention_mask"].sum(1).tolist()
+    assert isinstance(batch, TokenBatch) and not batch.packed and batch.position_ids is None
+    assert batch.input_ids.shape[1] % 8 == 0
+    lengths = batch.attention_mask.sum(1).tolist()
     assert lengths == data["length"]
-    assert (batch["input_ids"][0, lengths[0] :] == tokenizer.pad_token_id).all()
+    assert (batch.input_ids[0, lengths[0] :] == tokenizer.pad_token_id).all()
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    assert (batch.labels[batch.attention_mask == 0] == -100).all()
+    assert batch.rows == [[0], [1], [2]] and batch.size == 3
+    assert batch.normaliser is None  # not a planned batch
+    assert batch.real_tokens() == sum(data["length"])
 
 
 def test_packing_probe_accepts_sdpa_and_rejects_a_leaky_model(tokenizer):
@@ -131,9 +137,19 @@ def test_packing_probe_accepts_sdpa_and_rejects_a_leaky_model(tokenizer):
 
 
 def test_packed_batches_count_their_real_tokens(tokenizer):
-    from lightft.callbacks.monitor import batch_tokens
-
     data = make_rows(tokenizer, TEXTS)
     packed = TokenDataset(data, packs=[[0, 1], [2]])
     batch = Collator(tokenizer.pad_token_id)([packed[0], packed[1]])
-    assert batch_tokens(batch) == sum(data["length"]) < batch["input_ids"].numel()
+    assert batch.packed and batch.rows == [[0, 1], [2]] and batch.size == 2
+    assert batch.real_tokens() == sum(data["length"]) < batch.input_ids.numel()
+
+
+def test_a_planned_key_carries_the_steps_normaliser_into_the_batch(tokenizer):
+    data = make_rows(tokenizer, TEXTS)
+    dataset = TokenDataset(data)
+    batch = Collator(tokenizer.pad_token_id)([dataset[(0, 17)], dataset[(2, 17)]])  # keys from PlannedBatchSampler
+    assert batch.normaliser.dtype == torch.float32 and float(batch.normaliser) == 17.0
+    assert batch.rows == [[0], [2]]
+    packed = Collator(tokenizer.pad_token_id)([dataset[((0, 1), 5)]])  # a row the planner packed from examples 0, 1
+    assert packed.packed and float(packed.normaliser) == 5.0 and packed.rows == [[0, 1]]
+    assert packed.position_ids[0, : data["length"][0]].tolist() == list(range(data["length"][0]))

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from lightft import PreferenceDataModule, PromptDataModule
-from lightft.data.collate import IGNORE_INDEX, PairCollator, UnpairedCollator
-from lightft.data.formats import detect_format
-from lightft.data.preference import PREFERENCE_FORMATS, encode_preferences, split_implicit_prompt, to_unpaired
+from lightft.data.batches import PairBatch, PromptBatch, UnpairedBatch
+from lightft.data.collate import PairCollator, UnpairedCollator
+from lightft.data.formats import detect_format, split_implicit_prompt, to_unpaired
+from lightft.data.preference import PREFERENCE_FORMATS, encode_preferences
 from lightft.data.sources import DatasetSpec
+from lightft.data.templates import IGNORE_INDEX
 from lightft.errors import LightFTError
 from tests.conftest import chat, write_jsonl
 
@@ -108,10 +110,13 @@ def test_pair_collator_puts_chosen_rows_first_in_one_batch():
          [-100, 8, 9, 9], "margin": 2.0, "index": 3, "trained": 1},
     ]  # fmt: skip
     batch = PairCollator(pad_id=0)(items)
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 0], [5, 6, 0, 0], [1, 4, 0, 0], [5, 8, 9, 9]]
-    assert batch["labels"][1].tolist() == [-100, 6, -100, -100]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
-    assert batch["margin"].tolist() == [1.0, 2.0] and batch["index"].tolist() == [7, 3]
+    assert isinstance(batch, PairBatch) and batch.size == 2 and batch.normaliser is None
+    assert batch.input_ids.tolist() == [[1, 2, 3, 0], [5, 6, 0, 0], [1, 4, 0, 0], [5, 8, 9, 9]]
+    assert batch.labels[1].tolist() == [-100, 6, -100, -100]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert batch.margin.tolist() == [1.0, 2.0] and batch.index.tolist() == [7, 3]
+    without = PairCollator(pad_id=0)([{k: v for k, v in item.items() if k != "margin"} for item in items])
+    assert without.margin is None and torch.equal(without.input_ids, batch.input_ids)
 
 
 def test_unpaired_collator_adds_mismatched_rows_for_the_kl_estimate():
@@ -120,22 +125,40 @@ def test_unpaired_collator_adds_mismatched_rows_for_the_kl_estimate():
         {"input_ids": [3, 20], "labels": [-100, 20], "desirable": False, "index": 1, "trained": 1},
     ]
     batch = UnpairedCollator(pad_id=0)(items)
-    assert batch["desirable"].tolist() == [True, False]
+    assert isinstance(batch, UnpairedBatch) and batch.size == 2 and len(batch.input_ids) == 4
+    assert batch.desirable.tolist() == [True, False] and batch.index.tolist() == [0, 1]
     # row 2: prompt 0 + completion 1; row 3: prompt 1 + completion 0
-    assert batch["input_ids"][2].tolist() == [1, 2, 20, 0]
-    assert batch["labels"][2].tolist() == [-100, -100, 20, -100]
-    assert batch["input_ids"][3].tolist() == [3, 10, 11, 0]
-    assert batch["labels"][3].tolist() == [-100, 10, 11, -100]
+    assert batch.input_ids[2].tolist() == [1, 2, 20, 0]
+    assert batch.labels[2].tolist() == [-100, -100, 20, -100]
+    assert batch.input_ids[3].tolist() == [3, 10, 11, 0]
+    assert batch.labels[3].tolist() == [-100, 10, 11, -100]
 
 
 def test_kto_datamodule_batches_examples_and_mismatched_rows(tmp_path, tiny_spec):
     rows = [{"prompt": f"Item {i}?", "completion": f" answer {i}", "label": i % 2 == 0} for i in range(8)]
     data = PreferenceDataModule(train=str(write_jsonl(tmp_path / "kto.jsonl", rows)), tokenizer=tiny_spec,
                                 max_length=32, batch_size=4)  # fmt: skip
-    assert data.is_paired is False
+    assert data.batch_type() is UnpairedBatch  # read from the file before anything is encoded
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    assert batch["input_ids"].shape[0] == 8 and batch["desirable"].shape == (4,)
+    assert isinstance(batch, UnpairedBatch) and data.batch_type() is UnpairedBatch
+    assert batch.input_ids.shape[0] == 8 and batch.desirable.shape == (4,)
+    assert float(batch.normaliser) == 4  # the planner's count of examples in the optimizer step
+
+
+def test_pair_datamodule_batches_say_they_are_pairs(tmp_path, tiny_spec):
+    data = PreferenceDataModule(train=str(write_jsonl(tmp_path / "pairs.jsonl", pair_rows())), tokenizer=tiny_spec,
+                                max_length=64, batch_size=2)  # fmt: skip
+    assert data.batch_type() is PairBatch
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert isinstance(batch, PairBatch) and batch.size == 2 and len(batch.input_ids) == 4
+    assert sorted(batch.margin.tolist()) == [0.5, 1.5] and float(batch.normaliser) == 2
+
+
+def test_a_preference_datamodule_without_data_says_so(tiny_spec):
+    with pytest.raises(LightFTError, match=r"^data\.init_args\.train: no preference data configured"):
+        PreferenceDataModule(tokenizer=tiny_spec).batch_type()
 
 
 def test_paired_and_unpaired_splits_cannot_be_mixed(tmp_path, tiny_spec):
@@ -160,17 +183,19 @@ def test_prompt_datamodule_left_pads_prompts_and_carries_references(tmp_path, ti
     data = PromptDataModule(train=str(tmp_path / "a.jsonl"), tokenizer=tiny_spec, batch_size=2)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    assert batch["reference"] == ['{"qty": 2}']
-    assert "Log two lattes" in tokenizer.decode(batch["input_ids"][0])
+    assert isinstance(batch, PromptBatch) and data.batch_type() is PromptBatch
+    assert batch.references == ['{"qty": 2}']
+    assert "Log two lattes" in tokenizer.decode(batch.input_ids[0])
     data = PromptDataModule(train=str(tmp_path / "b.jsonl"), tokenizer=tiny_spec, batch_size=2, seed=0)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    mask = batch["attention_mask"]
+    mask = batch.attention_mask
     assert mask[:, -1].tolist() == [1, 1]  # every prompt ends at the last column, where generation starts
     short = int(mask.sum(1).argmin())
-    assert mask[short, 0] == 0 and (batch["input_ids"][short][mask[short] == 0] == tokenizer.pad_token_id).all()
-    assert batch["reference"] == ["", ""]
-    assert torch.equal(batch["index"].sort().values, torch.tensor([0, 1]))
+    assert mask[short, 0] == 0 and (batch.input_ids[short][mask[short] == 0] == tokenizer.pad_token_id).all()
+    assert batch.references == ["", ""]
+    assert torch.equal(batch.index.sort().values, torch.tensor([0, 1]))
+    assert batch.real_tokens() == int(mask.sum()) < batch.input_ids.numel()
 
 
 def test_ordered_dataloader_gives_every_rank_as_many_batches(tmp_path, tiny_spec):
@@ -182,5 +207,5 @@ def test_ordered_dataloader_gives_every_rank_as_many_batches(tmp_path, tiny_spec
     for rank in range(3):
         batches = list(data.ordered_dataloader("train", rank, 3))
         assert len(batches) == 2, rank  # ceil(ceil(5 / 3) / 1)
-        seen += [int(i) for b in batches for i in b["index"] if i % 3 == rank]
+        seen += [int(i) for b in batches for i in b.index if i % 3 == rank]
     assert sorted(set(seen)) == list(range(5))

@@ -30,8 +30,8 @@ class StepLog(pl.Callback):
         self.accumulate, self.micro, self.first_grads = accumulate, [], None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        examples = sorted(i for row in batch["rows"] for i in row)
-        self.micro.append((examples, float(batch["step_tokens"]), int((batch["labels"][:, 1:] != -100).sum())))
+        examples = sorted(i for row in batch.rows for i in row)
+        self.micro.append((examples, float(batch.normaliser), int((batch.labels[:, 1:] != -100).sum())))
 
     def on_before_optimizer_step(self, trainer, module, optimizer):
         if self.first_grads is None:
@@ -49,7 +49,7 @@ def sft(spec, peft=None):
 
 def fit_epoch(tmp_path, spec, monkeypatch, **data):
     logged = []
-    monkeypatch.setattr("lightft.data.datamodule.rank_zero_info", logged.append)
+    monkeypatch.setattr("lightft.data.base.rank_zero_info", logged.append)
     log = StepLog(accumulate=2)
     pl.seed_everything(0)
     module = sft(spec)
@@ -93,10 +93,15 @@ def test_a_token_budget_bounds_every_micro_batch(tiny_spec, packing):
     data = datamodule(tiny_spec, n=40, max_length=256, batch_size=512, batch_size_unit="tokens", packing=packing)
     data.setup("fit")
     batches = list(data.train_dataloader())
-    assert all(batch["input_ids"].numel() <= 512 for batch in batches)  # padding included
-    assert sorted(i for batch in batches for row in batch["rows"] for i in row) == list(range(40))
+    assert all(batch.input_ids.numel() <= 512 for batch in batches)  # padding included
+    assert sorted(i for batch in batches for row in batch.rows for i in row) == list(range(40))
     assert len(batches) < 20  # more than 2 examples per micro-batch on average
-    assert ("position_ids" in batches[0]) is packing
+    assert all(batch.packed is packing for batch in batches)
+
+
+def test_settings_after_the_splits_are_keyword_only():
+    with pytest.raises(TypeError, match="positional"):
+        SFTDataModule("train.jsonl", None, 0.1)
 
 
 def test_meaningless_units_are_refused_with_the_key(tiny_spec):

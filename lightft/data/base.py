@@ -1,15 +1,15 @@
-"""SFTDataModule: local files or Hub datasets -> tokenized, masked, optionally packed batches.
+"""TokenDataModule: what lightft's data modules share (SFT, preference and prompt data).
 
-`prepare_data` (one process per node) reads and tokenizes every split into the `datasets` cache; `setup` (every
-rank) reads the cache and builds the datasets; dataloaders batch by plan (see `lightft.data.sampling`): length
-grouping, packing, and exact per-step token counts; `batch_size_unit` says whether `batch_size` counts rows,
-examples or tokens. The tokenizer comes from the model's `ModelSpec` (linked by the CLI from
-`model.init_args.model`).
+Splits (`train`, `val` or `val_fraction`, `test`, `predict`), the tokenizer linked from the model's `ModelSpec` (by
+the CLI, from `model.init_args.model`), encoding once per node into the `datasets` cache (`prepare_data`) and
+reading the cache on every rank (`setup`), the batch planner (`lightft.data.sampling`) and resumable loaders. A
+subclass says how a split is encoded, which dataset (`lightft.data.datasets`) and collator
+(`lightft.data.collate`) it becomes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -17,11 +17,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from lightft.data.batch_report import BatchReport, report_batches
-from lightft.data.collate import Collator, PromptCollator, TokenDataset, pack_lengths
-from lightft.data.pipeline import encode_prompts, encode_split
+from lightft.data.batches import Batch
 from lightft.data.sampling import PlannedBatchSampler, ResumableDataLoader
 from lightft.data.sources import DatasetSpec
-from lightft.data.templates import Truncation
 from lightft.errors import LightFTError
 from lightft.models.loading import ModelSpec, load_tokenizer
 
@@ -30,31 +28,17 @@ BatchSizeUnit = Literal["rows", "examples", "tokens"]
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
 
-class PromptDataset(Dataset):
-    """Generation prompts; items carry their row index so outputs can be written in input order."""
-
-    def __init__(self, rows: Any) -> None:
-        self.rows = rows
-        self.lengths = [len(ids) for ids in rows["prompt_ids"]]
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index = key[0] if isinstance(key, tuple) else key
-        return {**self.rows[index], "index": index}
-
-
 class TokenDataModule(pl.LightningDataModule):
     """What lightft's data modules share: splits, the linked tokenizer, caching, the batch planner, resumable loaders.
 
     A subclass says how a split is encoded (`encode`), what dataset and collator it becomes (`make_dataset`,
-    `collator`), and which splits it has.
+    `collator`), which batch type its training batches are (`batch_type`), and which splits it has.
     """
 
     def __init__(
         self,
         specs: dict[str, DatasetSpec | str | None],
+        *,
         val_fraction: float,
         tokenizer: ModelSpec | None,
         max_length: int,
@@ -99,13 +83,16 @@ class TokenDataModule(pl.LightningDataModule):
         """The dataset that the batch planner samples from."""
         raise NotImplementedError
 
+    def batch_type(self) -> type[Batch]:
+        """The class of the training batches (`lightft.data.batches`), what a module checks it can train on."""
+        raise NotImplementedError
+
     def collator(self, name: str) -> Any:
         """The collate function of split `name`."""
         raise NotImplementedError
 
-    @property
-    def tokenizer(self) -> Any:
-        """The model's tokenizer, with lightft's fix-ups."""
+    def load_tokenizer(self) -> Any:
+        """The model's tokenizer, with lightft's fix-ups: read (files or the Hub) on the first call, then kept."""
         if self._tokenizer is None:
             if self.tokenizer_spec is None:
                 raise LightFTError(f"{KEY}.tokenizer: not set; name the model (model.init_args.model) or set it.")
@@ -245,98 +232,3 @@ class TokenDataModule(pl.LightningDataModule):
         per_rank = -(-len(range(0, len(dataset), world_size)) // self.batch_size)
         batches += [batches[-1] if batches else [0]] * (per_rank - len(batches))
         return self._dataloader(name, dataset, batches)
-
-
-class SFTDataModule(TokenDataModule):
-    """Supervised fine-tuning data.
-
-    Args:
-        train: Training data: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
-        val: Validation data. Alternatively set `val_fraction`.
-        val_fraction: Hold out this fraction of `train` (seeded) for validation.
-        test: Data for `lightft test`.
-        predict: Prompts for `lightft predict` (the trained turns, if any, are written as references).
-        tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
-        max_length: Longest sequence in tokens (and pack size when packing).
-        truncation: Longer examples: `right` keeps the start, `left` keeps the end, `drop` discards them.
-        batch_size: Per micro-batch per device, in `batch_size_unit`.
-        packing: Concatenate examples into rows of `max_length`; documents never attend to each other.
-        batch_size_unit: What `batch_size` counts. `rows`: sequences, or packed rows with packing (an epoch then
-            takes fewer optimizer steps than unpacked). `examples`: examples; with packing each optimizer step is
-            planned from examples exactly as unpacked, then packed, so the run takes the unpacked run's steps.
-            `tokens`: at most `batch_size` tokens per micro-batch, padding included (at least `max_length`).
-        group_by_length: Batch examples of similar length together (less padding).
-        num_workers: DataLoader worker processes.
-        seed: Seed for shuffling and the validation split.
-    """
-
-    def __init__(
-        self,
-        train: DatasetSpec | str | None = None,
-        val: DatasetSpec | str | None = None,
-        val_fraction: float = 0.0,
-        test: DatasetSpec | str | None = None,
-        predict: DatasetSpec | str | None = None,
-        tokenizer: ModelSpec | None = None,
-        max_length: int = 1024,
-        truncation: Truncation = "right",
-        batch_size: int = 4,
-        packing: bool = False,
-        batch_size_unit: BatchSizeUnit = "rows",
-        group_by_length: bool = True,
-        num_workers: int = 0,
-        seed: int = 42,
-    ) -> None:
-        specs = {"train": train, "val": val, "test": test, "predict": predict}
-        super().__init__(specs, val_fraction, tokenizer, max_length, batch_size, group_by_length, num_workers, seed)
-        self.truncation, self.packing = truncation, packing
-        self.batch_size_unit = check_batch_size_unit(batch_size_unit, batch_size, max_length)
-
-    def encode(self, name: str, report: bool = True) -> Any:
-        """Token ids and labels (prompts for `predict`) of split `name`."""
-        key = f"{KEY}.{name}"
-        if name == "predict":
-            return encode_prompts(self.specs[name], key, self.tokenizer, self.max_length)
-        encoded, stats = encode_split(self.specs[name], key, self.tokenizer, self.max_length, self.truncation)
-        self.stats[name] = stats
-        if report:
-            rank_zero_info(stats.summary(f"{name} ({self.specs[name].path})"))
-        return encoded
-
-    def make_dataset(self, rows: Any) -> Dataset:
-        """Examples, packs of examples, or generation prompts."""
-        if "prompt_ids" in rows.column_names:
-            return PromptDataset(rows)
-        by_step = self.batch_size_unit == "examples"  # the planner packs each step's examples instead
-        packs = pack_lengths(rows["length"], self.max_length) if self.packing and not by_step else None
-        return TokenDataset(rows, packs)
-
-    def _planning(self, name: str) -> dict[str, Any]:
-        """Token budgets; packing by step when `batch_size` counts examples (not for `predict`'s prompts)."""
-        if self.batch_size_unit == "tokens":
-            return {"unit": "tokens"}
-        if self.packing and self.batch_size_unit == "examples" and name != "predict":
-            return {"pack_length": self.max_length}
-        return {}
-
-    def collator(self, name: str) -> Any:
-        """Right padding (packed rows: position ids), left-padded prompts for `predict`."""
-        pad = self.tokenizer.pad_token_id
-        return PromptCollator(pad) if name == "predict" else Collator(pad)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Left-padded prompt batches."""
-        return self._loader("predict")
-
-
-def check_batch_size_unit(unit: str, batch_size: int, max_length: int) -> BatchSizeUnit:
-    """`unit` if it makes sense with `batch_size` and `max_length`; else a one-line LightFTError."""
-    if unit not in ("rows", "examples", "tokens"):
-        raise LightFTError(f"{KEY}.batch_size_unit: {unit!r} is not one of rows, examples, tokens.")
-    if unit == "tokens" and batch_size < max_length:
-        raise LightFTError(
-            f"{KEY}.batch_size_unit: tokens makes batch_size the tokens per micro-batch, and {batch_size} is below "
-            f"max_length {max_length} (one full row); set batch_size to a multiple of max_length, e.g. "
-            f"{4 * max_length}, or use batch_size_unit: examples."
-        )
-    return cast(BatchSizeUnit, unit)

@@ -62,7 +62,10 @@ def test_a_bad_step_is_skipped_and_its_examples_dumped(tmp_path, tiny_spec, wher
     assert dump["step"] == 2 and len(dump["micro_batches"]) == 2
     rows = [r for mb in dump["micro_batches"] for r in mb["rows"]]
     assert len(rows) == 4 and all(isinstance(r, list) for r in rows)  # dataset rows of each batch row
-    assert len(dump["micro_batches"][0]["input_ids"]) == 2
+    first = dump["micro_batches"][0]
+    assert len(first["input_ids"]) == 2 and len(first["labels"]) == 2  # the batch's fields as plain data
+    assert first["normaliser"] == sum(label != -100 for mb in dump["micro_batches"] for row in mb["labels"]
+                                      for label in row[1:])  # the step's trained tokens  # fmt: skip
 
 
 def test_consecutive_bad_steps_stop_the_run(tmp_path, tiny_spec):
