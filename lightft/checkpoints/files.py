@@ -1,8 +1,7 @@
 """Writing checkpoints safely and reading them back in one process, whichever strategy wrote them.
 
 Writing (`save_atomically`): into a hidden sibling first, then renamed into place, so a crash during a save never
-leaves a half-written checkpoint under the real name. Random states (`rng_state`, per rank) travel in every
-checkpoint as plain data so a resumed run draws the same dropout masks and samples as an uninterrupted one.
+leaves a half-written checkpoint under the real name.
 
 Reading:
 
@@ -25,14 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from lightft.errors import LightFTError
 
 WRAPPER_PREFIX = "_forward_module."  # Lightning's DeepSpeed wrapper around the LightningModule
-RNG_KEY = "lightft_rng"  # per-rank random states in a checkpoint
 # hidden folders beside the checkpoints (same filesystem: renames are atomic; names other tools never match)
 PARTIAL, OLD = ".partial", ".replaced"  # a checkpoint being written / a directory checkpoint being replaced
 
@@ -98,46 +94,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's random states (torch, CUDA, numpy, Python; Lightning's collection) as plain lists and
-    numbers, so checkpoints holding them load with `weights_only=True`.
-    """  # noqa: D205
-    states = _collect_rng_states(include_cuda=torch.cuda.is_available())
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    version, internal, gauss = states["python"]
-    return {
-        "torch": states["torch"].tolist(),
-        "torch.cuda": [s.tolist() for s in states.get("torch.cuda", [])],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "python": [version, list(internal), gauss],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    states = {
-        "torch": torch.tensor(state["torch"], dtype=torch.uint8),
-        "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
-        "python": state["python"],
-    }
-    if state["torch.cuda"] and torch.cuda.is_available():
-        states["torch.cuda"] = [torch.tensor(s, dtype=torch.uint8) for s in state["torch.cuda"]]
-    _set_rng_states(states)
-
-
-def gather_rng_states(trainer: pl.Trainer) -> list[dict[str, Any]]:
-    """Every rank's `rng_state()`, in rank order (a collective: all ranks call it)."""
-    import torch.distributed as dist
-
-    mine = rng_state()
-    if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    states: list[Any] = [None] * trainer.world_size
-    dist.all_gather_object(states, mine)
-    return states
 
 
 def checkpoint_kind(path: str | Path) -> str:
