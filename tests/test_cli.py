@@ -203,3 +203,78 @@ def test_config_file_errors_name_file_and_line(tmp_path, capsys):
     broken.write_text("trainer:\n  max_steps: 3\n model:\n  x: [1,\n")
     assert fails(capsys, "fit", "--config", str(broken)).startswith(f"lightft: error: {broken}:3:2: invalid YAML")
     assert "--config: file" in fails(capsys, "fit", "--config", str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize("args", [[], ["-h"], ["--help"]], ids=["nothing", "-h", "--help"])
+def test_top_level_help_lists_every_command(capsys, args):
+    from lightft.commands import COMMANDS
+
+    main(args)  # returns: exit status 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lightft <command>")
+    for name in ("fit", "validate", "test", "predict", "estimate", "bench", "doctor", "export", "generate"):
+        [line] = [line for line in out.splitlines() if line.startswith(f"  {name} ")]
+        assert line.split(None, 1)[1] == COMMANDS[name] and len(COMMANDS[name]) > 20
+
+
+def test_unknown_command_names_the_commands(capsys):
+    line = fails(capsys, "estimat", "--config", TINY)
+    assert "unknown command 'estimat'" in line and "estimate" in line and "generate" in line
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("estimate", ["--json", "--gpu_memory", "--devices", "--num_nodes"]),
+        ("doctor", ["--examples"]),
+        ("bench", ["--strategies", "--peft", "--gradient_checkpointing", "--optimizers", "--batch_sizes",
+                   "--seq_lens", "--chunked_loss", "--activation_offloading", "--kernels", "--steps", "--out",
+                   "--synthetic", "--timeout"]),
+    ],
+)  # fmt: skip
+def test_command_help_shows_its_options_and_fit_keys_without_a_config(capsys, command, options):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: lightft {command} --config X.yaml")
+    for option in options:
+        assert f"\n  {option} " in out, option
+    for key in ("--config CONFIG", "--trainer.max_steps", "--model CONFIG", "--data CONFIG", "--checkpoint.save_last"):
+        assert key in out, key
+    assert "default:" in out
+
+
+def test_command_defaults_show_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # help wraps lines
+    assert "(type: int, default: 3)" in text and "default: runs/bench)" in text and "default: 1800.0)" in text
+
+
+@pytest.mark.parametrize("command", ["estimate", "bench", "doctor"])
+def test_missing_config_is_a_one_line_error_naming_the_fix(capsys, command):
+    line = fails(capsys, command)
+    fix = f"lightft {command} --config configs/<method>/<recipe>.yaml"
+    assert line == f"lightft: error: --config: give the run's config: {fix}"
+    assert "--config: file" in fails(capsys, command, "--config", "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--gpu_memory", "lots"], "gpu_memory: Not of type PositiveFloat"),
+        (["--devices", "0"], "devices: Not of type PositiveInt"),
+        (["--json", "maybe"], "json"),
+        (["--model.init_args.no_such_key", "1"], "no_such_key"),
+    ],
+)
+def test_bad_estimate_options_are_one_line_errors(capsys, args, expected):
+    line = fails(capsys, "estimate", "--config", TINY, *args)
+    assert expected in line and "NoneType" not in line, line
+
+
+def test_estimate_options_anywhere_among_fit_arguments(capsys):
+    main(["estimate", "--json", "--config", TINY, "--devices=2", "--trainer.max_steps", "2", "--num_nodes", "3"])
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["plan"]["world_size"] == 6

@@ -31,7 +31,7 @@ def test_config_parses_and_instantiates(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     model_path = yaml.safe_load((ROOT / path).read_text())["model"]["init_args"]["model"]["path"]
     if not model_path.startswith(("package://", "tests/")):  # a Hub id: its config cannot be fetched offline
-        monkeypatch.setattr("lightft.cli.check_compatibility", lambda module, data, trainer: None)
+        monkeypatch.setattr("lightft.commands.fit.check_compatibility", lambda module, data, trainer: None)
     cli = LightFTCLI(args=["--config", str(path), "--trainer.accelerator", "cpu", "--trainer.devices", "1"], run=False)
     assert cli.model.model_spec.path and cli.datamodule.tokenizer_spec == cli.model.model_spec
     for spec in cli.datamodule.specs.values():

@@ -32,20 +32,29 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import PositiveFloat
+
 from lightft.errors import LightFTError
 from lightft.memory import GIB
 
-AXES = {  # option -> (column, how a value becomes `lightft fit` arguments)
-    "--strategies": ("strategy", lambda v: ["--config", _overlay(v)]),
-    "--peft": ("peft", lambda v: ["--model.init_args.peft", v if "." in v else f"lightft.peft.{v}"]),
-    "--gradient_checkpointing": ("checkpointing", lambda v: ["--model.init_args.gradient_checkpointing", v]),
-    "--optimizers": ("optimizer", lambda v: ["--model.init_args.optimizer.name", v]),
-    "--batch_sizes": ("batch_size", lambda v: ["--data.init_args.batch_size", v]),
-    "--seq_lens": ("seq_len", lambda v: ["--data.init_args.max_length", v]),
-    "--chunked_loss": ("chunked_loss", lambda v: ["--model.init_args.compute.chunked_loss", v]),
-    "--activation_offloading": ("offloading", lambda v: ["--model.init_args.compute.activation_offloading", v]),
-    "--kernels": ("kernels", lambda v: ["--model.init_args.compute.kernels", v]),
-}
+AXES = {  # option -> (column, how a value becomes `lightft fit` arguments, --help)
+    "--strategies": ("strategy", lambda v: ["--config", _overlay(v)],
+                     "trainer overlays: names of configs/trainer/*.yaml (ddp, fsdp2, ...) or paths"),
+    "--peft": ("peft", lambda v: ["--model.init_args.peft", v if "." in v else f"lightft.peft.{v}"],
+               "PEFT strategies: lightft.peft class names (LoRA, QLoRA, FullFineTune, ...) or class paths"),
+    "--gradient_checkpointing": ("checkpointing", lambda v: ["--model.init_args.gradient_checkpointing", v],
+                                 "gradient checkpointing: true, false"),
+    "--optimizers": ("optimizer", lambda v: ["--model.init_args.optimizer.name", v],
+                     "optimizer names (model.init_args.optimizer.name: adamw, adamw_8bit, ...)"),
+    "--batch_sizes": ("batch_size", lambda v: ["--data.init_args.batch_size", v], "data.init_args.batch_size values"),
+    "--seq_lens": ("seq_len", lambda v: ["--data.init_args.max_length", v], "data.init_args.max_length values"),
+    "--chunked_loss": ("chunked_loss", lambda v: ["--model.init_args.compute.chunked_loss", v],
+                       "chunked loss: true, false"),
+    "--activation_offloading": ("offloading", lambda v: ["--model.init_args.compute.activation_offloading", v],
+                                "activation offloading: true, false"),
+    "--kernels": ("kernels", lambda v: ["--model.init_args.compute.kernels", v],
+                  "model.init_args.compute.kernels values (torch, liger)"),
+}  # fmt: skip
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}  # dense bf16
 SYNTHETIC_ROWS = 1024
 WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his"]
@@ -142,8 +151,12 @@ def mfu(measured: dict[str, Any], n_params: int, full: bool) -> float | None:
     return (6 if full else 4) * n_params * measured["tokens_per_second"] / (peak * measured["world_size"])
 
 
-def write_outputs(rows: list[dict[str, Any]], out: Path, title: str) -> None:
-    """bench.csv, bench.md and bench.png (measured vs estimated peak per cell)."""
+def write_outputs(rows: list[dict[str, Any]], out: Path, title: str) -> list[Path]:
+    """bench.csv, bench.md and bench.png (measured vs estimated peak per cell); returns the files written.
+
+    The tables are the results and are always written; a chart that cannot be drawn (matplotlib missing or
+    failing) is reported in one line on stderr instead of losing the cells' results to a traceback.
+    """
     with open(out / "bench.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -157,7 +170,16 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, title: str) -> None:
                   _fmt(row.get("tokens_per_second"), ".0f"), _fmt(row.get("mfu"), ".1%")]  # fmt: skip
         lines.append("| " + " | ".join(cells_) + " |")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
-    _chart(rows, out / "bench.png", title)
+    written = [out / "bench.csv", out / "bench.md"]
+    try:
+        _chart(rows, out / "bench.png", title)
+    except Exception as err:  # the chart is a view of the tables above, never worth their loss
+        fix = " (pip install matplotlib)" if isinstance(err, ImportError) else ""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"lightft bench: {out / 'bench.png'} not drawn: {type(err).__name__}: {reason}{fix}", file=sys.stderr)
+    else:
+        written.append(out / "bench.png")
+    return written
 
 
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
@@ -187,39 +209,65 @@ def _chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def add_arguments(parser: Any) -> None:
+    """`lightft bench`'s own options (its axes, steps, output, data, time limit), beside `lightft fit`'s."""
+    for option, (_, _, text) in AXES.items():
+        parser.add_argument(
+            option, type=str | None, default=None, help=f"Axis, comma-separated: {text}. Left out: the config's value."
+        )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="Optimizer steps per cell, one micro-batch each; >= 2 (the first warms up).",
+    )
+    parser.add_argument(
+        "--out", type=str, default="runs/bench", help="Directory of bench.csv, bench.md, bench.png and each cell's run."
+    )
+    parser.add_argument(
+        "--synthetic",
+        type=bool,
+        default=True,
+        help="Train on synthetic packed plain text (SFT data modules); false keeps the config's data.",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=PositiveFloat,
+        default=1800.0,
+        help="Seconds a cell may run before it is recorded as a timeout.",
+    )
+
+
 def main(args: list[str]) -> None:
     """`lightft bench --config X.yaml [axes] [--steps N] [--out DIR] [--synthetic true|false] [fit args]`."""
     from tqdm import tqdm
 
-    from lightft.commands.estimate import take_option
+    from lightft.commands.fit import ParseOnlyCLI
 
-    args = list(args)
+    cli = ParseOnlyCLI(args, "bench", add_arguments, __doc__, instantiate=False)
+    options = cli.config
+    fit_args = cli.fit_arguments(list(args))  # each cell's `lightft fit` gets them as given
+    if options.steps < 2:
+        raise LightFTError("--steps: needs at least 2 (the first step is warm-up, not measured).")
     axes = {}
     for option in AXES:
-        value = take_option(args, option)
+        value = options[option.removeprefix("--")]
         if value:
             axes[option] = [v.strip() for v in value.split(",") if v.strip()]
-    steps = take_option(args, "--steps", int, 3)
-    timeout = take_option(args, "--timeout", float, 1800.0)
-    if steps < 2:
-        raise LightFTError("--steps: needs at least 2 (the first step is warm-up, not measured).")
-    out = Path(take_option(args, "--out", str, "runs/bench"))
-    synthetic = take_option(args, "--synthetic", str, "true").lower() == "true"
-    if not any(a in ("--config", "-c") for a in args):
-        raise LightFTError("--config: give the run's config: lightft bench --config configs/<method>/<recipe>.yaml")
-    for option in axes:
-        for value in axes[option]:
-            AXES[option][1](value)  # bad overlay names fail before any cell runs
+            for v in axes[option]:
+                AXES[option][1](v)  # bad overlay names fail before any cell runs
+    out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"lightft bench {' '.join(args)}, {steps} steps" + (", synthetic packed text" if synthetic else "")
-    if synthetic:
+    title = f"lightft bench {' '.join(fit_args)}, {options.steps} steps"
+    if options.synthetic:
+        title += ", synthetic packed text"
         data = str(synthetic_text(out / "synthetic.jsonl"))
-        args += ["--data.init_args.packing", "true", "--data.init_args.train.path", data,
-                 "--data.init_args.train.max_examples", str(SYNTHETIC_ROWS), "--data.init_args.val.path", data,
-                 "--data.init_args.val_fraction", "0"]  # fmt: skip
+        fit_args += ["--data.init_args.packing", "true", "--data.init_args.train.path", data,
+                     "--data.init_args.train.max_examples", str(SYNTHETIC_ROWS), "--data.init_args.val.path", data,
+                     "--data.init_args.val_fraction", "0"]  # fmt: skip
     rows = []
     for cell in tqdm(cells(axes), desc="lightft bench", unit="cell"):
-        rows.append(run_cell(args, cell, {"steps": steps, "timeout": timeout}, out))
-    write_outputs(rows, out, title)
+        rows.append(run_cell(fit_args, cell, {"steps": options.steps, "timeout": options.timeout}, out))
+    written = write_outputs(rows, out, title)
     print((out / "bench.md").read_text())
-    print(f"wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    print(f"wrote {', '.join(map(str, written))}")
