@@ -20,9 +20,9 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.msg).startswith("💡 Tip")
 )
 
-from lightft.data.datamodule import SFTDataModule  # noqa: E402
 from lightft.data.preference_datamodule import PreferenceDataModule  # noqa: E402
 from lightft.data.prompt_datamodule import PromptDataModule  # noqa: E402
+from lightft.data.sft_datamodule import SFTDataModule  # noqa: E402
 from lightft.errors import LightFTError  # noqa: E402
 from lightft.models.loading import ModelSpec  # noqa: E402
 from lightft.modules.base import LightFTModule  # noqa: E402

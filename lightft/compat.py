@@ -21,11 +21,12 @@ GPU_ONLY = ("fsdp",)
 
 
 def strategy_conflict(
-    method: str, peft: Any, kind: str, stage: int | None, accelerator: str, precision: str | None
+    method: Any, peft: Any, kind: str, stage: int | None, accelerator: str, precision: str | None
 ) -> str | None:
     """Why a method x PEFT x strategy x accelerator combination cannot run (the message names the fix), or None.
 
-    `kind` is `lightft.strategies.strategy_kind`'s answer; `stage` the ZeRO stage under DeepSpeed.
+    `method` is the module's `describe()` (`lightft.modules.Method`); `kind` is `lightft.strategies.strategy_kind`'s
+    answer; `stage` the ZeRO stage under DeepSpeed.
     """
     name = type(peft).__name__
     quantized = peft.quantization_config(torch.float32) if hasattr(peft, "quantization_config") else None
@@ -51,7 +52,7 @@ def strategy_conflict(
                 f"model.init_args.peft.init_args.quant_storage: FSDP flattens each unit into one tensor, so the 4-bit "
                 f"weights must be stored in the compute dtype; set quant_storage: {compute}."
             )
-    if method == "PPOModule" and stage == 3:
+    if method.rollout and stage == 3:
         return (
             f"{STRATEGY_KEY}: PPO/GRPO generation under DeepSpeed ZeRO-3 is not supported; use stage: 2 or "
             "lightft.strategies.FSDP2, which gathers the weights once per rollout."
@@ -72,8 +73,7 @@ def check_strategy(module: Any, trainer: Any) -> None:
     kind = strategy_kind(strategy)
     stage = zero_stage(strategy) if kind == "deepspeed" else None
     accelerator = "cpu" if type(trainer.accelerator).__name__ == "CPUAccelerator" else "gpu"
-    method = next((c.__name__ for c in type(module).__mro__ if c.__module__.startswith("lightft.modules")), "")
-    message = strategy_conflict(method, module.peft, kind, stage, accelerator, str(trainer.precision))
+    message = strategy_conflict(module.describe(), module.peft, kind, stage, accelerator, str(trainer.precision))
     if message:
         raise LightFTError(message)
     if getattr(getattr(module, "compute", None), "kernels", "torch") == "liger":
@@ -102,8 +102,7 @@ def check_compatibility(module: Any, datamodule: Any = None, trainer: Any = None
         )
     check = getattr(peft, "check", None)
     if check is not None:
-        head = getattr(module, "model_head", "causal_lm")
-        check(meta_model(module.model_spec, key="model.init_args.model.path", head=head))
+        check(meta_model(module.model_spec, key="model.init_args.model.path", head=module.describe().head))
 
 
 # ---- docs/compatibility.md ----------------------------------------------------------------------------------------
@@ -129,11 +128,17 @@ def _peft_rows() -> list[tuple[str, Any]]:
     ]
 
 
-def compatibility_markdown() -> str:
-    """The compatibility matrix as markdown, computed by `strategy_conflict` (GPU, bf16-mixed)."""
-    notes: list[str] = []
+def compatibility_markdown(methods: dict[str, Any]) -> str:
+    """The compatibility matrix as markdown, computed by `strategy_conflict` (GPU, bf16-mixed).
 
-    def cell(method: str, peft: Any, kind: str, stage: int | None) -> str:
+    Args:
+        methods: Each method's name and declaration (`{"SFTModule": SFTModule.method, ...}`); the first is the one
+            the PEFT x strategy table is computed for.
+    """
+    notes: list[str] = []
+    first = next(iter(methods.values()))
+
+    def cell(method: Any, peft: Any, kind: str, stage: int | None) -> str:
         message = strategy_conflict(method, peft, kind, stage, "gpu", "bf16-mixed")
         if message is None:
             return "yes"
@@ -162,12 +167,12 @@ def compatibility_markdown() -> str:
         header,
     ]
     for label, peft in _peft_rows():
-        lines.append(f"| {label} | " + " | ".join(cell("SFTModule", peft, k, s) for _, k, s in STRATEGY_COLUMNS) + " |")
+        lines.append(f"| {label} | " + " | ".join(cell(first, peft, k, s) for _, k, s in STRATEGY_COLUMNS) + " |")
     lines += ["", "## Method × distributed strategy (LoRA)", "", header]
     lora = _peft_rows()[0][1]
-    for method in ("SFTModule", "RewardModelModule", "DPOModule", "PPOModule"):
+    for name, method in methods.items():
         row = " | ".join(cell(method, lora, k, s) for _, k, s in STRATEGY_COLUMNS)
-        lines.append(f"| {method} | {row} |")
+        lines.append(f"| {name} | {row} |")
     lines += ["", "## Why not", ""]
     lines += [f"{i}. {message}" for i, message in enumerate(notes, 1)]
     lines += [
@@ -175,7 +180,7 @@ def compatibility_markdown() -> str:
         "## Other checks",
         "",
         "- FSDP (v1) on `accelerator: cpu` fails with: "
-        f"{strategy_conflict('SFTModule', lora, 'fsdp', None, 'cpu', None)}",
+        f"{strategy_conflict(first, lora, 'fsdp', None, 'cpu', None)}",
         "- Prompt-style strategies (virtual tokens) refuse `packing: true`; strategies that cannot recompute",
         "  activations refuse `gradient_checkpointing: true`; each PEFT strategy checks its target modules on a",
         "  meta-device copy of the model; methods check their data module (e.g. PPO needs `PromptDataModule`).",

@@ -59,7 +59,10 @@ PAGED_MIN_SIZE = 100_000  # bitsandbytes' paged optimizers page the states of te
 class Plan:
     """Everything the estimate depends on, read from a config (`lightft.commands.estimate.plan_and_model`)."""
 
-    method: str = "SFTModule"
+    method: str = "SFTModule"  # the module's class name (reports)
+    rows_per_example: int = 1  # forward rows per example (`Method.rows_per_example`: pairs 2)
+    lm_logps: bool = True  # the loss reads LM log-probs (`Method.lm_logps`); False: a scalar head
+    reference_copy: bool = False  # a frozen copy of the model is the reference (`Method.reference: frozen_copy`)
     batch_size: int = 1
     seq_len: int = 512
     precision: str = "32-true"
@@ -71,7 +74,6 @@ class Plan:
     offload_parameters: bool = False
     world_size: int = 1
     accelerator: str = "gpu"
-    reference: str | None = None  # DPO: live / precomputed
     rollout_rows: int = 0  # PPO/GRPO: sequences per rollout (prompts x samples per prompt); batch_size: a minibatch
     critic: bool = False  # PPO's value head: the rollout evaluation keeps every layer's hidden states
     reward_model_bytes: float = 0.0  # PPO: a reward model scoring the rollouts
@@ -130,26 +132,34 @@ def quantized_bytes(n: int, rows: int, quant: Any) -> float:
 
 
 def count_params(model: nn.Module, quantized: bool) -> ParamCounts:
-    """Counts of a (meta-device, PEFT-wrapped) model; `quantized`: its frozen linear weights will be quantized."""
+    """Counts of a (meta-device, PEFT-wrapped) model; `quantized`: its frozen linear weights will be quantized.
+
+    A model whose layers bitsandbytes has already quantized to 4 bits counts those weights as quantized, at their
+    logical size (`lightft.peft.base.logical_numel`), whatever dtype packs them.
+    """
+    from lightft.peft.base import logical_numel
     from lightft.strategies import decoder_layers
 
     counts = ParamCounts()
     head_weights = {id(p) for name, p in model.named_parameters() if name.split(".")[-2] in ("lm_head", "score")}
     linear_weights = {id(m.weight): m.out_features for m in model.modules() if type(m) is nn.Linear}
     for param in model.parameters():
-        dtype = str(param.dtype).removeprefix("torch.")
+        dtype, n = str(param.dtype).removeprefix("torch."), logical_numel(param)
         if param.requires_grad:
-            counts.trainable[dtype] = counts.trainable.get(dtype, 0) + param.numel()
-            counts.trainable_small += param.numel() if param.numel() < OPT8_MIN_SIZE else 0
-            counts.trainable_paged += param.numel() if param.numel() >= PAGED_MIN_SIZE else 0
+            counts.trainable[dtype] = counts.trainable.get(dtype, 0) + n
+            counts.trainable_small += n if n < OPT8_MIN_SIZE else 0
+            counts.trainable_paged += n if n >= PAGED_MIN_SIZE else 0
+        elif type(param).__name__ == "Params4bit":
+            counts.quantized += n
+            counts.quantized_rows += param.quant_state.shape[0] if param.quant_state is not None else param.shape[0]
         elif quantized and id(param) in linear_weights and id(param) not in head_weights:
-            counts.quantized += param.numel()
+            counts.quantized += n
             counts.quantized_rows += linear_weights[id(param)]
         else:
-            counts.frozen[dtype] = counts.frozen.get(dtype, 0) + param.numel()
+            counts.frozen[dtype] = counts.frozen.get(dtype, 0) + n
     layers = decoder_layers(model)
     counts.layers = len(layers)
-    counts.layer_params = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0)
+    counts.layer_params = max((sum(logical_numel(p) for p in layer.parameters()) for layer in layers), default=0)
     return counts
 
 
@@ -282,7 +292,7 @@ def estimate(model: nn.Module, plan: Plan, quantization: Any = None) -> Estimate
     }
     if gathered:
         components["gathered layers (sharding)"] = gathered
-    if plan.method == "DPOModule" and plan.reference == "live" and counts.n_trainable == counts.n_total:
+    if plan.reference_copy:
         components["reference model"] = weights  # full fine-tuning: a frozen copy of the model is the reference
     if plan.reward_model_bytes:
         components["reward model"] = plan.reward_model_bytes
@@ -352,9 +362,8 @@ def activation_bytes(model: nn.Module, counts: ParamCounts, plan: Plan) -> tuple
     """Device bytes saved for backward, the logits and loss work, and the host bytes activation offloading takes."""
     dtype = compute_dtype(plan.precision)
     csize = dtype.itemsize
-    pairs = plan.method in ("DPOModule", "RewardModelModule")
-    rows = plan.batch_size * (2 if pairs else 1)  # chosen and rejected in one forward
-    lm_loss = plan.method != "RewardModelModule"
+    rows = plan.batch_size * plan.rows_per_example  # e.g. chosen and rejected in one forward
+    lm_loss = plan.lm_logps
     chunked = lm_loss and plan.chunked_loss
     trace = partial(saved_activation_bytes, model, rows, plan.seq_len, dtype, not chunked, plan.accelerator == "gpu")
     saved, in_layers = trace()

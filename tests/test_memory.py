@@ -16,12 +16,14 @@ import pytest
 import torch
 from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
+from lightft import DPOModule, PPOModule, RewardModelModule, SFTModule
 from lightft.commands.bench import synthetic_text
 from lightft.commands.estimate import main as estimate_main
 from lightft.memory import GIB, Plan, count_params, estimate, quantized_bytes, rollout_bytes
 from lightft.models.loading import ModelSpec, meta_model
 from lightft.peft import FullFineTune, LoRA
 from tests.conftest import ROOT
+from tests.peft.test_base import linear4bit
 
 TINY = ModelSpec(path=str(ROOT / "tests" / "assets" / "tiny-llama"), random_init=True)
 
@@ -52,6 +54,17 @@ def test_counts_of_the_tiny_model_with_lora():
     linear = sum(fan_in * fan_out for fan_in, fan_out in lora.values())
     assert quantized.quantized == 2 * linear  # the layers' linear weights, not lm_head
     assert quantized.n_total == counts.n_total
+
+
+@pytest.mark.parametrize("storage", [torch.uint8, torch.bfloat16])
+def test_counts_of_real_4bit_layers_in_any_storage_dtype(storage):
+    """A model already quantized (bitsandbytes NF4, weights packed into `storage`): logical counts, as on meta."""
+    model = torch.nn.Sequential(linear4bit(storage), linear4bit(storage, out_features=32), torch.nn.Linear(64, 8))
+    counts = count_params(model, quantized=True)
+    assert counts.quantized == 64 * 64 + 32 * 64 and counts.quantized_rows == 64 + 32
+    assert counts.frozen == {} and counts.trainable == {"float32": 8 * 64 + 8}
+    assert counts.n_total == 64 * 64 + 32 * 64 + 8 * 64 + 8
+    assert count_params(model, quantized=False).quantized == counts.quantized  # quantized already, flag or not
 
 
 def test_static_memory_by_hand():
@@ -130,19 +143,26 @@ def test_offloading_and_paged_states_move_to_the_host_on_gpus_only():
     assert plain.components["optimizer states"] - paged.components["optimizer states"] == 2 * 4 * big
 
 
+def method_plan(method, **kwargs):
+    """The Plan fields `lightft estimate` reads from a module's `Method` declaration."""
+    return Plan(rows_per_example=method.rows_per_example, lm_logps=method.lm_logps,
+                reference_copy=method.reference == "frozen_copy", **kwargs)  # fmt: skip
+
+
 def test_dpo_doubles_the_rows_and_full_fine_tuning_adds_a_reference():
     lora, full = tiny(), tiny(FullFineTune())
-    sft = estimate(lora, Plan(batch_size=2, seq_len=32, accelerator="cpu")).components
-    dpo = estimate(lora, Plan(method="DPOModule", reference="live", batch_size=2, seq_len=32, accelerator="cpu"))
+    sft = estimate(lora, method_plan(SFTModule.method, batch_size=2, seq_len=32, accelerator="cpu")).components
+    dpo = estimate(lora, method_plan(DPOModule.method, batch_size=2, seq_len=32, accelerator="cpu"))
     assert dpo.components["logits and loss"] == 2 * sft["logits and loss"] and "reference model" not in dpo.components
-    dpo_full = estimate(full, Plan(method="DPOModule", reference="live", batch_size=2, seq_len=32, accelerator="cpu"))
+    copy = replace(DPOModule.method, reference="frozen_copy")  # what DPOModule.describe() says for full fine-tuning
+    dpo_full = estimate(full, method_plan(copy, batch_size=2, seq_len=32, accelerator="cpu"))
     assert dpo_full.components["reference model"] == dpo_full.components["weights"]
 
 
 def test_reward_model_pairs_rows_and_has_no_logits():
     model = tiny()
     sft = estimate(model, Plan(batch_size=2, seq_len=32, accelerator="cpu")).components
-    rm = estimate(model, Plan(method="RewardModelModule", batch_size=2, seq_len=32, accelerator="cpu")).components
+    rm = estimate(model, method_plan(RewardModelModule.method, batch_size=2, seq_len=32, accelerator="cpu")).components
     four = estimate(model, Plan(batch_size=4, seq_len=32, accelerator="cpu")).components
     assert rm["logits and loss"] == 0  # one score per row
     assert rm["activations"] == pytest.approx(four["activations"], rel=0.02)  # chosen and rejected rows
@@ -152,7 +172,8 @@ def test_reward_model_pairs_rows_and_has_no_logits():
 def test_ppo_rollouts_by_hand():
     """tiny Llama: 2 layers, hidden 64, 4 heads of 16, 2 KV heads, vocab 512."""
     model = tiny()
-    plan = Plan(method="PPOModule", batch_size=4, seq_len=64, accelerator="cpu", rollout_rows=64, chunked_loss=False)
+    plan = method_plan(PPOModule.method, batch_size=4, seq_len=64, accelerator="cpu", rollout_rows=64,
+                       chunked_loss=False)  # fmt: skip
     kv = 2 * 2 * 64 * 64 * 2 * 16 * 4  # K and V, per layer, row, position, KV head, head dim, fp32
     evaluation = 64 * 64 * 512 * 4 + 2 * 64 * 512 * 4  # the rollout's logits + one row's float32 work
     assert rollout_bytes(model, plan) == max(kv, evaluation) == evaluation

@@ -12,7 +12,7 @@ METRICS = {
     "rm": ["train/loss", "val/accuracy", "val/margin"],
     "dpo": ["train/loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
             "logps/chosen", "logps/rejected", "val/loss"],
-    "ppo": ["env/reward_mean", "objective/kl", "objective/entropy", "policy/clipfrac", "val/loss",
+    "ppo": ["env/reward_mean", "objective/kl", "objective/entropy", "policy/clipfrac", "critic/loss",
             "train/response_length"],
     "grpo": ["env/reward_mean", "objective/kl", "objective/entropy", "policy/clipfrac", "train/response_length"],
 }  # fmt: skip

@@ -21,7 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightft.commands.estimate import parse_fit_args, plan_for, take_option
+from jsonargparse.typing import NonNegativeInt
+
+from lightft.commands.estimate import plan_for
 from lightft.errors import LightFTError
 from lightft.memory import estimate
 
@@ -49,14 +51,19 @@ class Report:
         self.lines.append(f"\n{title}")
 
 
+def add_arguments(parser: Any) -> None:
+    """`lightft doctor`'s own options, beside `lightft fit`'s."""
+    parser.add_argument(
+        "--examples", type=NonNegativeInt, default=2, help="Training examples to show, their trained tokens marked."
+    )
+
+
 def main(args: list[str]) -> None:
     """`lightft doctor --config X.yaml [--examples N]`: report, then exit 1 on any error."""
-    args = list(args)
-    n_examples = take_option(args, "--examples", int, 2)
-    if not any(a in ("--config", "-c") for a in args):
-        raise LightFTError("--config: give the run's config: lightft doctor --config configs/<method>/<recipe>.yaml")
-    module, data, trainer = parse_fit_args(args)
-    report = diagnose(module, data, trainer, n_examples, color=sys.stdout.isatty())
+    from lightft.commands.fit import ParseOnlyCLI
+
+    cli = ParseOnlyCLI(args, "doctor", add_arguments, __doc__)
+    report = diagnose(cli.model, cli.datamodule, cli.config_init["trainer"], cli.config.examples, sys.stdout.isatty())
     print("\n".join(report.lines))
     print(f"\nlightft doctor: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     for message in report.errors:
@@ -74,7 +81,7 @@ def diagnose(module: Any, data: Any, trainer: dict[str, Any], n_examples: int = 
     if planned is not None:
         compatibility(report, module, data, planned[0])
     report.section("tokenizer")
-    tokenizer = _guarded(report, "tokenizer", lambda: data.tokenizer)
+    tokenizer = _guarded(report, "tokenizer", data.load_tokenizer)
     if tokenizer is not None:
         tokenizer_checks(report, tokenizer)
         report.section("data")
@@ -110,13 +117,17 @@ def compatibility(report: Report, module: Any, data: Any, plan: Any) -> None:
     def checks() -> bool:
         check_compatibility(module, data, None)
         stage = plan.zero_stage if plan.strategy == "deepspeed" else None
-        conflict = strategy_conflict(plan.method, module.peft, plan.strategy, stage, plan.accelerator, plan.precision)
+        method = module.describe()
+        conflict = strategy_conflict(method, module.peft, plan.strategy, stage, plan.accelerator, plan.precision)
         if conflict:
             raise LightFTError(conflict)
         return True
 
     if _guarded(report, "compatibility", checks):
-        report.check(True, "method, PEFT strategy, data, checkpointing, strategy and accelerator fit together", "")
+        method = module.describe()
+        report.check(True, f"{type(module).__name__} (trains on {method.batch.what}; reference: {method.reference}), "
+                           f"{type(module.peft).__name__}, data, checkpointing, strategy and accelerator fit together",
+                     "")  # fmt: skip
 
 
 def tokenizer_checks(report: Report, tokenizer: Any) -> None:

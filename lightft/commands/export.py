@@ -23,10 +23,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lightft.checkpoints import read_checkpoint
+from lightft.checkpoints.hooks import PRECISION_KEY
+from lightft.checkpoints.hparams import plain_data
 from lightft.errors import LightFTError
 from lightft.memory import compute_dtype
 from lightft.models.loading import ModelSpec, load_model, load_tokenizer, resolve_device, savable
-from lightft.modules.base import PRECISION_KEY, LightFTModule, _plain
+from lightft.modules.base import LightFTModule
 
 METADATA = "lightft.json"
 HEAD_FILE = "score.safetensors"  # a reward head the PEFT strategy's own format does not hold
@@ -115,10 +117,11 @@ def export(
 
 
 def _write(module: LightFTModule, directory: Path, merge: bool, dtype: str, ckpt: str) -> None:
+    head = module.describe().head
     record = {
         "base": module.model_spec.to_dict(),
-        "peft": _plain(module.peft),
-        "head": module.model_head,
+        "peft": plain_data(module.peft),
+        "head": head,
         "merged": merge,
         "checkpoint": ckpt,
     }
@@ -129,7 +132,7 @@ def _write(module: LightFTModule, directory: Path, merge: bool, dtype: str, ckpt
         merged.save_pretrained(directory)
     else:
         module.peft.save(module.model, directory)
-        if module.model_head == "reward" and not any(
+        if head == "reward" and not any(
             "score" in k for k in module.peft.trainable_state_dict(module.model)
         ):
             head = {k: v.contiguous() for k, v in module.model.named_parameters() if k.split(".")[-2] == "score"}

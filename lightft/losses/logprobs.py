@@ -51,6 +51,11 @@ class TokenLogps:
         return self.logps.sum()
 
 
+def trained_counts(labels: Tensor) -> Tensor:
+    """(B,) trained positions per row of (B, T) labels: what `TokenLogps.n_tokens` counts, without a forward."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(-1)
+
+
 def logits_logprobs(logits: Tensor, labels: Tensor, entropy: bool = False) -> TokenLogps:
     """`TokenLogps` from full (B, T, V) logits (the unchunked path: `compute.chunked_loss: false`)."""
     mask = labels[:, 1:] != IGNORE_INDEX

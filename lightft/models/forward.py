@@ -82,13 +82,17 @@ class OutputHead:
         return logits
 
 
+def input_positions(values: Tensor, input_ids: Tensor) -> Tensor:
+    """The input's own positions of per-position model outputs (B, T', ...) -> (B, T, ...): prompt-style PEFT
+    prepends virtual tokens, so only the last T positions are the input's.
+    """  # noqa: D205
+    return values[:, -input_ids.shape[1] :]
+
+
 def hidden_states(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
 ) -> Tensor:
-    """(B, T, H) final hidden states of the input's positions, from the model's forward with no logits computed.
-
-    Prompt-style PEFT prepends virtual tokens; only the last T positions (the input's) are returned.
-    """
+    """(B, T, H) final hidden states of the input's positions, from the model's forward with no logits computed."""
     captured: list[Tensor] = []
 
     def keep(module: nn.Module, args: Any, output: Any) -> None:
@@ -105,7 +109,7 @@ def hidden_states(
         )
     finally:
         handle.remove()
-    return captured[-1][:, -input_ids.shape[1] :]
+    return input_positions(captured[-1], input_ids)
 
 
 def token_logps(
@@ -146,9 +150,8 @@ def token_logps(
         output_hidden_states=keep_hidden,
         use_cache=False,
     )
-    length = input_ids.shape[1]  # prompt-style strategies prepend virtual tokens: the last T positions are the input's
-    hidden = output.hidden_states[-1][:, -length:] if keep_hidden else None
-    return LMOutput(logits_logprobs(output.logits[:, -length:], labels, entropy), hidden)
+    hidden = input_positions(output.hidden_states[-1], input_ids) if keep_hidden else None
+    return LMOutput(logits_logprobs(input_positions(output.logits, input_ids), labels, entropy), hidden)
 
 
 @torch.no_grad()
@@ -158,7 +161,7 @@ def check_output_head(model: nn.Module, device: torch.device) -> bool:
     was_training = model.training
     model.eval()
     try:
-        expected = model(input_ids=ids, use_cache=False).logits[:, -ids.shape[1] :]
+        expected = input_positions(model(input_ids=ids, use_cache=False).logits, ids)
         got = OutputHead(model)(hidden_states(model, ids))
     finally:
         model.train(was_training)

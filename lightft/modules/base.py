@@ -1,44 +1,47 @@
-"""LightFTModule: what every training method shares.
+"""LightFTModule: what every training method shares — the model's lifecycle and its optimisation.
 
 `configure_model` (idempotent, once per rank) loads the backbone -> quantizes (as the PEFT strategy asks) -> applies
-the PEFT strategy -> enables non-reentrant gradient checkpointing. Also: AdamW-family optimizers with warmup
-schedules, gradient-norm logging, and checkpoints that hold only the trainable weights (never a frozen base).
+the PEFT strategy -> enables non-reentrant gradient checkpointing. Also: the LM log-probs every method's loss reads,
+the optimizer step's loss scaling, AdamW-family optimizers with warmup schedules and gradient-norm logging. What a
+checkpoint holds and how a resume continues exactly: `lightft.checkpoints.hooks`. What the method is (its data, its
+reference, its head): the class's `method` declaration (`lightft.modules.method`).
 """
 
 from __future__ import annotations
 
-import inspect
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, is_dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, ClassVar
 
-import lightning.pytorch as pl
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lightft.checkpoints import RNG_KEY, gather_rng_states, rng_state, set_rng_state
+from lightft.checkpoints.hooks import CheckpointHooks, warn_mid_step_validation
+from lightft.checkpoints.hparams import concrete
 from lightft.compat import check_compatibility
+from lightft.data.batches import TokenBatch
 from lightft.errors import LightFTError
-from lightft.models.forward import ComputeSettings, LMOutput, check_output_head, token_logps
+from lightft.models.forward import ComputeSettings, LMOutput, check_output_head, input_positions, token_logps
 from lightft.models.kernels import apply_liger
-from lightft.models.loading import Head, ModelSpec, load_model, load_tokenizer, torch_dtype
+from lightft.models.loading import ModelSpec, load_model, load_tokenizer, torch_dtype
 from lightft.models.offload import OffloadActivations
+from lightft.modules.method import Method
 from lightft.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, parameter_groups
-from lightft.peft.base import PEFTStrategy, count_parameters, state_dict_bytes
+from lightft.peft.base import PEFTStrategy, apply_seeded, peft_summary
 from lightft.peft.lora import LoRA
-from lightft.strategies import check_trainable_keys, release_gathered
+from lightft.strategies import release_gathered
 
 MODEL_KEY = "model.init_args.model.path"
-PRECISION_KEY = "lightft_precision"  # checkpoint entry: the run's trainer.precision
 
 
-class LightFTModule(pl.LightningModule):
+class LightFTModule(CheckpointHooks):
     """Base of the training methods: a pretrained model made trainable by a PEFT strategy.
 
-    `model_head` says what is loaded: a causal LM, or (reward models) the backbone with a scalar head.
+    A method subclasses it, declares itself (`method = Method(...)`, read by compat, estimate, doctor, export and
+    bench) and forwards the arguments below with `**kwargs` (they are documented here once).
 
     Args:
         model: Which pretrained model to start from (path, dtype, GGUF file, ...).
@@ -49,7 +52,7 @@ class LightFTModule(pl.LightningModule):
         compute: Chunked LM-head loss (default on), Liger kernels, activation offloading.
     """
 
-    model_head: Head = "causal_lm"
+    method: ClassVar[Method]
 
     def __init__(
         self,
@@ -71,28 +74,41 @@ class LightFTModule(pl.LightningModule):
         self.tokenizer: Any = None
         self.compatibility_checked = False
         self.peft_summary: dict[str, float] = {}
-        self.trained_precision: str | None = None  # the run's `trainer.precision`, read from a checkpoint (export)
         self.load_device = torch.device("cpu")  # where a quantized base loads without a Trainer (export)
+
+    def describe(self) -> Method:
+        """This method as configured: the class's declaration, refined by settings (a subclass may override)."""
+        method = getattr(type(self), "method", None)
+        if method is None:
+            raise LightFTError(
+                f"model.class_path: {type(self).__qualname__} declares no `method = lightft.modules.Method(...)` "
+                "(its data module, batch type, reference and head); add one to the class."
+            )
+        return method
+
+    def check_datamodule(self, datamodule: Any) -> None:
+        """The data module feeds this method (`describe().data` and `.batch`)."""
+        message = self.describe().data_error(type(self).__name__, datamodule)
+        if message:
+            raise LightFTError(message)
+
+    def memory_plan(self, examples: int, seq_len: int, notes: list[str]) -> dict[str, Any]:
+        """What `lightft estimate` plans one training forward for (`lightft.memory.Plan` fields): a micro-batch of
+        `examples` at `seq_len` tokens. A method with another shape (rollouts) overrides it; `notes` get its
+        assumptions.
+        """  # noqa: D205
+        return {"batch_size": examples, "seq_len": seq_len}
 
     # ---- model construction -------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
         """Config-time checks (before any weight loads) when the CLI has not run them already."""
+        trainer = self.attached_trainer()
         if not self.compatibility_checked:
-            trainer = self._trainer
             check_compatibility(self, trainer.datamodule if trainer is not None else None, trainer)
             self.compatibility_checked = True
-        trainer = self._trainer
-        interval, accumulate = (
-            getattr(trainer, "val_check_interval", None),
-            getattr(trainer, "accumulate_grad_batches", 1),
-        )
-        if stage == "fit" and isinstance(interval, int) and accumulate > 1 and interval % accumulate:
-            rank_zero_warn(
-                f"trainer.val_check_interval ({interval} micro-batches) is not a multiple of accumulate_grad_batches "
-                f"({accumulate}): validation, and a checkpoint saved after it, fall inside an optimizer step, and a "
-                f"run resumed from such a checkpoint loses that step's first gradients; use a multiple of {accumulate}."
-            )
+        if stage == "fit":
+            warn_mid_step_validation(trainer)
 
     def configure_model(self) -> None:
         """Load -> quantize -> apply PEFT -> gradient checkpointing. Runs once; later calls do nothing."""
@@ -114,12 +130,14 @@ class LightFTModule(pl.LightningModule):
 
     def build_model(self, quantize: bool = True) -> nn.Module:
         """A freshly loaded, PEFT-wrapped backbone (`quantize=False` loads an unquantized base, e.g. to merge)."""
-        precision = str(self._trainer.precision) if self._trainer is not None else self.trained_precision
+        trainer = self.attached_trainer()
+        precision = str(trainer.precision) if trainer is not None else self.trained_precision
         dtype = torch_dtype(self.model_spec, precision)
         quantization = self.peft.quantization_config(dtype) if quantize else None
         device_map = {"": self._load_device()} if quantization is not None else None
         base = load_model(
-            self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY, head=self.model_head
+            self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY,
+            head=self.describe().head,
         )
         if self.compute.kernels == "liger":
             apply_liger(base)  # before PEFT: the adapters then sit inside Liger's MLP and attention
@@ -130,12 +148,13 @@ class LightFTModule(pl.LightningModule):
         return model.train()  # from_pretrained returns eval mode; dropout must be active while training
 
     def _load_device(self) -> torch.device:
-        return self._trainer.strategy.root_device if self._trainer is not None else self.load_device
+        trainer = self.attached_trainer()
+        return trainer.strategy.root_device if trainer is not None else self.load_device
 
     def lm_logps(
         self,
         model: nn.Module,
-        batch: dict[str, Any],
+        batch: TokenBatch,
         labels: Tensor | None = None,
         entropy: bool = False,
         keep_hidden: bool = False,
@@ -154,10 +173,10 @@ class LightFTModule(pl.LightningModule):
         with self.saved_activations():
             output = token_logps(
                 model,
-                batch["input_ids"],
-                batch["labels"] if labels is None else labels,
-                batch.get("attention_mask"),
-                batch.get("position_ids"),
+                batch.input_ids,
+                batch.labels if labels is None else labels,
+                batch.attention_mask,
+                batch.position_ids,
                 self.compute,
                 entropy,
                 keep_hidden,
@@ -165,6 +184,28 @@ class LightFTModule(pl.LightningModule):
         if model is not self.model:
             release_gathered(model)  # FSDP2: a frozen reference copy has no backward to reshard its own weights
         return output
+
+    def logits(self, batch: TokenBatch) -> Tensor:
+        """The model's next-token logits (B, T, V) of the batch's own positions (generation, inspection; the losses
+        never build them unless `compute.chunked_loss` is off).
+        """  # noqa: D205
+        assert self.model is not None, "configure_model must run first"
+        output = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=batch.position_ids, use_cache=False)  # fmt: skip
+        return input_positions(output.logits, batch.input_ids)
+
+    def scaled(self, loss_sum: Tensor, batch: TokenBatch) -> Tensor:
+        """A micro-batch's summed loss, scaled so that the optimizer step's gradient is that of the step's summed
+        loss over its normaliser (`batch.normaliser`: trained tokens or examples of the whole step, all ranks).
+
+        Lightning divides by `accumulate_grad_batches` and DDP/FSDP average gradients over ranks; both are undone.
+        """  # noqa: D205
+        if batch.normaliser is None:
+            raise LightFTError(
+                f"{type(batch).__name__} without a normaliser: training batches come from the data module's planned "
+                "train_dataloader (lightft.data.sampling.PlannedBatchSampler)."
+            )
+        return loss_sum * (self.trainer.accumulate_grad_batches * self.trainer.world_size / batch.normaliser)
 
     def saved_activations(self) -> AbstractContextManager[Any]:
         """Where a training forward keeps what backward needs: on the device, or in host memory
@@ -200,166 +241,7 @@ class LightFTModule(pl.LightningModule):
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
 
-    # ---- checkpoints --------------------------------------------------------------------------------------------
-
-    def trainable_keys(self) -> set[str]:
-        """State-dict keys of the parameters that train (what a checkpoint stores)."""
-        return {name for name, param in self.named_parameters() if param.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights; make hyper-parameters plain data (loadable with `weights_only=True`); add
-        every rank's random state (all ranks run this hook).
-        """  # noqa: D205
-        keys = self.trainable_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        if not checkpoint["state_dict"] and self.global_rank == 0:  # sharding strategies gather onto rank 0 only
-            raise RuntimeError("refusing to write a checkpoint without trainable weights")
-        checkpoint["hyper_parameters"] = plain_hparams(self)
-        if self._trainer is not None:
-            checkpoint[RNG_KEY] = gather_rng_states(self.trainer)
-            checkpoint[PRECISION_KEY] = str(self.trainer.precision)  # export rebuilds the model in the run's dtype
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fail clearly when the checkpoint lacks weights this model trains (another model or strategy); keep the
-        random states for `on_train_start`.
-        """  # noqa: D205
-        self._resume_rng = checkpoint.get(RNG_KEY)
-        self.trained_precision = checkpoint.get(PRECISION_KEY, self.trained_precision)
-        if "state_dict" not in checkpoint:
-            return  # a sharding strategy (FSDP2) loaded the weights itself and checked their keys
-        check_trainable_keys(self, checkpoint["state_dict"], "the checkpoint")
-
-    # ---- random state: resume draws what an uninterrupted run draws ---------------------------------------------
-
-    def on_train_start(self) -> None:
-        """A resumed run continues each rank's random streams where the checkpoint left them (after the sanity
-        check, which the uninterrupted run did not repeat at this point).
-        """  # noqa: D205
-        _align_batch_progress(self.trainer)
-        states, self._resume_rng = getattr(self, "_resume_rng", None), None
-        if not states:
-            return
-        if len(states) == self.trainer.world_size:
-            set_rng_state(states[self.global_rank])
-            return
-        seed = torch.initial_seed() + 1_000_003 * self.trainer.global_step + self.global_rank
-        pl.seed_everything(seed % 2**32, workers=True, verbose=False)
-        rank_zero_warn(
-            f"the checkpoint holds the random states of {len(states)} rank(s), this run has "
-            f"{self.trainer.world_size}: each rank is reseeded from the seed, step and rank (dropout masks and samples "
-            "differ from an uninterrupted run; weights, optimizer and data order do not)."
-        )
-
-    def on_validation_start(self) -> None:
-        """Validation during fit does not move the training's random streams (resume and val settings cannot
-        change the training trajectory).
-        """  # noqa: D205
-        self._rng_before_validation = rng_state() if self.trainer.state.fn == "fit" else None
-
-    def on_validation_end(self) -> None:
-        """Put the training's random streams back as they were before validation."""
-        state = getattr(self, "_rng_before_validation", None)
-        if state is not None:
-            set_rng_state(state)
-            self._rng_before_validation = None
-
-
-def _align_batch_progress(trainer: pl.Trainer) -> None:
-    """After resuming on another number of processes, count this epoch's micro-batches as the new shape does.
-
-    Lightning restored its in-epoch batch counters from the checkpoint (the old number of micro-batches per rank);
-    accumulation boundaries and the end of the epoch are decided from them, so they must match where the data
-    loader now resumes (`ResumableDataLoader.load_state_dict`).
-    """
-    restored = getattr(trainer.train_dataloader, "restored_from", None)
-    if not restored:
-        return
-    old, new = restored
-    progress = trainer.fit_loop.epoch_loop.batch_progress
-    for counter in (progress.current, progress.total):
-        for name in ("ready", "started", "processed", "completed"):
-            setattr(counter, name, getattr(counter, name) - old + new)
-    trainer.train_dataloader.restored_from = None
-
-
-def apply_seeded(peft: Any, base: nn.Module) -> nn.Module:
-    """`peft.apply(base)` with the random state the run was seeded with (`seed_everything`), restored afterwards.
-
-    New weights (LoRA's A, prompt embeddings, ...) start the same whatever building the base consumed (a loaded or
-    random base, ZeRO-3's partitioned construction), so every strategy trains the same initial adapter.
-    """
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(torch.initial_seed())
-        return peft.apply(base)
-
 
 def eval_means(names: tuple[str, ...], stages: tuple[str, ...] = ("val", "test")) -> nn.ModuleDict:
     """One torchmetrics `MeanMetric` per stage and name, for `LightFTModule.log_eval_means`."""
     return nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in stages for name in names})
-
-
-def peft_summary(peft: Any, model: nn.Module) -> dict[str, float]:
-    """Trainable and total parameters and the size of what the strategy saves (MB, safetensors)."""
-    trainable, total = count_parameters(model)
-    return {
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": 100 * trainable / max(1, total),
-        "adapter_mb": state_dict_bytes(peft.trainable_state_dict(model)) / 1e6,
-    }
-
-
-def concrete(obj: Any) -> Any:
-    """A real instance in place of a jsonargparse lazy default (the module was built in Python, not by the CLI)."""
-    cls = getattr(obj, "_lazy_class_type", None)
-    return cls(**obj.lazy_get_init_args()) if cls is not None else obj
-
-
-def plain_hparams(module: pl.LightningModule) -> dict[str, Any]:
-    """Hyper-parameters as plain data with `_class_path`, re-instantiable by `lightning.pytorch.cli.instantiate_module`.
-
-    Under LightningCLI they already are (the parsed config); a module built in Python is converted here. Either way
-    `SFTModule.load_from_checkpoint(path)` works, through Lightning's allow-listed CLI instantiator.
-    """
-    hparams = dict(module.hparams)
-    if "_class_path" not in hparams:
-        hparams = {"_class_path": _class_path(module), **{k: _plain(v) for k, v in hparams.items()}}
-        hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-    return hparams
-
-
-def _class_path(obj: Any) -> str:
-    cls = obj if inspect.isclass(obj) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _init_parameters(cls: type) -> list[str]:
-    """Named `__init__` parameters of `cls` and of the bases it forwards `**kwargs` to.
-
-    Objects store them as attributes of the same name, as lightft's strategies do.
-    """
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        for name, param in inspect.signature(klass.__init__).parameters.items():
-            if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD) and name not in names:
-                names.append(name)
-    return names
-
-
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
-    if hasattr(value, "__dict__"):
-        value = concrete(value)
-        names = [n for n in _init_parameters(type(value)) if hasattr(value, n)]
-        return {"class_path": _class_path(value), "init_args": {n: _plain(getattr(value, n)) for n in names}}
-    raise TypeError(f"cannot store hyper-parameter of type {type(value).__name__} in a checkpoint")

@@ -9,24 +9,25 @@ summed across ranks) and keeps them in the checkpoint. Reference-free losses (Si
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from lightft.data.batches import PairBatch, UnpairedBatch
+from lightft.data.preference_datamodule import PreferenceDataModule
 from lightft.errors import LightFTError
+from lightft.losses.logprobs import trained_counts
 from lightft.losses.preference import DPOLoss, PairLogps, PreferenceLoss, PreferenceOutput, UnpairedLogps
-from lightft.models.forward import ComputeSettings
 from lightft.models.loading import ModelSpec, load_model
 from lightft.modules.base import MODEL_KEY, LightFTModule, eval_means
-from lightft.optim import OptimizerConfig, SchedulerConfig
-from lightft.peft.base import PEFTStrategy
+from lightft.modules.method import Method
 from lightft.peft.full import FullFineTune
-from lightft.peft.lora import LoRA
 
 Logps = PairLogps | UnpairedLogps
+Batch = PairBatch | UnpairedBatch
 
 
 class DPOModule(LightFTModule):
@@ -34,29 +35,24 @@ class DPOModule(LightFTModule):
 
     Args:
         model: Which pretrained model to start from (path, dtype, GGUF file, ...).
-        peft: How the model is made trainable: `lightft.peft.LoRA`, `QLoRA`, `FullFineTune`, or your own class.
-        optimizer: Optimizer name and hyper-parameters.
-        scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
-        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
         loss: The objective (default `lightft.losses.DPOLoss` with beta 0.1; cDPO / robust via its label smoothing),
             `IPOLoss`, `HingeLoss`, `SimPOLoss`, `ORPOLoss`, `KTOLoss` (unpaired data), or your own.
         reference: `live`: reference log-probs computed every step (adapter disabled, or a frozen copy for full
             fine-tuning); `precomputed`: computed once before training, no reference model during training.
-        compute: Chunked LM-head loss (default on), Liger kernels, activation offloading.
+        **kwargs: `peft`, `optimizer`, `scheduler`, `gradient_checkpointing`, `compute`: see `LightFTModule`.
     """
+
+    method = Method(data=PreferenceDataModule, batch=PairBatch, rows_per_example=2, reference="adapter")
 
     def __init__(
         self,
         model: ModelSpec,
-        peft: PEFTStrategy = lazy_instance(LoRA),
-        optimizer: OptimizerConfig = OptimizerConfig(),
-        scheduler: SchedulerConfig = SchedulerConfig(),
-        gradient_checkpointing: bool = True,
+        *,
         loss: PreferenceLoss | None = None,
         reference: Literal["live", "precomputed"] = "live",
-        compute: ComputeSettings = ComputeSettings(),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing, compute)
+        super().__init__(model, **kwargs)
         self.loss, self.reference = loss if loss is not None else DPOLoss(), reference
         if reference == "precomputed" and not self.loss.paired and not self.loss.reference_free:
             raise LightFTError(
@@ -72,35 +68,37 @@ class DPOModule(LightFTModule):
         """Whether the loss compares against a reference model at all."""
         return not self.loss.reference_free
 
-    def check_datamodule(self, datamodule: Any) -> None:
-        """Paired losses need pairs, KTO needs unpaired examples."""
-        if datamodule is None or not hasattr(datamodule, "is_paired"):
-            raise LightFTError(
-                "data.class_path: DPOModule trains on preference data; use lightft.PreferenceDataModule."
-            )
-        if datamodule.is_paired != self.loss.paired:
-            want = "chosen/rejected pairs" if self.loss.paired else "unpaired prompt/completion/label rows"
-            raise LightFTError(f"data.init_args.train: {type(self.loss).__name__} trains on {want}; give such data.")
+    def describe(self) -> Method:
+        """Pairs or unpaired rows as the loss asks; the reference held while training: none (reference-free or
+        precomputed), the disabled adapter, or a frozen copy (full fine-tuning).
+        """  # noqa: D205
+        method = super().describe()
+        if not self.uses_reference or self.reference == "precomputed":
+            reference = "none"
+        else:
+            reference = "frozen_copy" if isinstance(self.peft, FullFineTune) else "adapter"
+        return replace(method, batch=method.batch if self.loss.paired else UnpairedBatch, reference=reference)
 
     def configure_model(self) -> None:
         """The policy; for full fine-tuning with a live reference, also a frozen copy of the starting model."""
         if self.model is not None:
             return
         super().configure_model()
-        if self.uses_reference and self.reference == "live" and isinstance(self.peft, FullFineTune):
-            precision = str(self.trainer.precision) if self._trainer is not None else None
+        if self.describe().reference == "frozen_copy":
+            trainer = self.attached_trainer()
+            precision = str(trainer.precision) if trainer is not None else self.trained_precision
             reference = load_model(self.model_spec, self.tokenizer, precision, key=MODEL_KEY)
             self.reference_model = reference.requires_grad_(False).train(self.model.training)
 
     # ---- log-probabilities --------------------------------------------------------------------------------------
 
-    def sequence_logps(self, model: nn.Module, batch: dict[str, Tensor]) -> Logps:
+    def sequence_logps(self, model: nn.Module, batch: Batch) -> Logps:
         """Summed completion log-probs of every row of the batch under `model`."""
         token_logps = self.lm_logps(model, batch).logps  # only completion tokens reach the LM head
         logps, n_tokens = token_logps.sequence(), token_logps.n_tokens  # (2B,), (2B,)
         first, second = logps.chunk(2)
-        if "desirable" in batch:
-            return UnpairedLogps(logps=first, kl_logps=second, desirable=batch["desirable"])
+        if isinstance(batch, UnpairedBatch):
+            return UnpairedLogps(logps=first, kl_logps=second, desirable=batch.desirable)
         n_first, n_second = n_tokens.chunk(2)
         return PairLogps(first, second, n_first, n_second, chosen_nll=-first / n_first.clamp(min=1))
 
@@ -110,40 +108,42 @@ class DPOModule(LightFTModule):
         return self.peft.disabled(self.model)
 
     @torch.no_grad()
-    def live_reference_logps(self, batch: dict[str, Tensor]) -> Logps:
+    def live_reference_logps(self, batch: Batch) -> Logps:
         """The reference model's log-probs: the adapter disabled, or the frozen copy."""
         with self._reference_context():
             return self.sequence_logps(self.reference_model or self.model, batch)
 
-    def reference_for(self, batch: dict[str, Tensor], split: str) -> Logps | None:
-        """Reference log-probs of a batch: none (reference-free), looked up (precomputed) or computed (live)."""
+    def reference_for(self, batch: Batch, split: str) -> Logps | None:
+        """Reference log-probs of a batch: none (reference-free), looked up (precomputed) or computed (live).
+
+        Precomputed pairs carry the batch's own token counts (the same sequences: length-normalised losses such as
+        IPO average the reference side by them).
+        """
         if not self.uses_reference:
             return None
         if self.reference == "live":
             return self.live_reference_logps(batch)
-        cached = self.reference_logps[split].to(self.device)[batch["index"]]  # (B, 2)
-        zeros = torch.zeros_like(cached[:, 0])
-        return PairLogps(cached[:, 0], cached[:, 1], zeros, zeros)
+        cached = self.reference_logps[split].to(self.device)[batch.index]  # (B, 2)
+        n_chosen, n_rejected = trained_counts(batch.labels).chunk(2)  # (B,), (B,)
+        return PairLogps(cached[:, 0], cached[:, 1], n_chosen, n_rejected)
 
     # ---- steps --------------------------------------------------------------------------------------------------
 
-    def compute_loss(self, batch: dict[str, Tensor], split: str) -> tuple[PreferenceOutput, Logps]:
+    def compute_loss(self, batch: Batch, split: str) -> tuple[PreferenceOutput, Logps]:
         """The loss object's output on a batch, and the policy's log-probs (override to change the objective)."""
         policy = self.sequence_logps(self.model, batch)
         return self.loss(policy, self.reference_for(batch, split)), policy
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Loss summed over pairs, scaled so the optimizer step sees the mean over all its pairs."""
         output, policy = self.compute_loss(batch, "train")
         size = len(output.losses)
         self.log("train/loss", output.losses.mean().detach(), prog_bar=True, batch_size=size)
         for name, value in preference_metrics(output, policy).items():
             self.log(name, value, prog_bar=name == "rewards/accuracies", batch_size=size)
-        # Lightning divides by accumulate_grad_batches and DDP/FSDP average over ranks; undo both, divide by the step.
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / batch["step_items"]
-        return output.losses.sum() * scale
+        return self.scaled(output.losses.sum(), batch)
 
-    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+    def _eval_step(self, batch: Batch, stage: str) -> None:
         output, _ = self.compute_loss(batch, stage)
         values = {"loss": output.losses}
         if self.loss.paired:
@@ -151,11 +151,11 @@ class DPOModule(LightFTModule):
             values.update(accuracy=(margins > 0).float(), margin=margins)
         self.log_eval_means(self.metrics, stage, values)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Loss, reward accuracy and mean reward margin over the validation pairs."""
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         """Loss, reward accuracy and mean reward margin over the test pairs."""
         self._eval_step(batch, "test")
 
@@ -179,9 +179,9 @@ class DPOModule(LightFTModule):
         for batch in datamodule.ordered_dataloader(split, rank, world):
             batch = self.transfer_batch_to_device(batch, self.device, 0)
             reference = self.live_reference_logps(batch)
-            mine = batch["index"] % world == rank  # padding batches (equal counts on every rank) repeat items
+            mine = batch.index % world == rank  # padding batches (equal counts on every rank) repeat items
             pairs = torch.stack([reference.chosen, reference.rejected], dim=1).float()
-            values[batch["index"][mine]] = pairs[mine]
+            values[batch.index[mine]] = pairs[mine]
         if world > 1:
             values = self.trainer.strategy.reduce(values, reduce_op="sum")  # each pair was computed by one rank
         rank_zero_info(f"reference log-probs precomputed for {len(values)} {split} pairs")

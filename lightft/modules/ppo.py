@@ -12,21 +12,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
+from lightft.data.batches import PromptBatch, TokenBatch
 from lightft.data.prompt_datamodule import PromptDataModule
 from lightft.errors import LightFTError
 from lightft.generation import GenerationSettings
 from lightft.losses.logprobs import masked_mean
 from lightft.losses.ppo import PPOLoss, kl_penalty
-from lightft.models.forward import ComputeSettings
 from lightft.models.loading import ModelSpec
 from lightft.modules.base import LightFTModule
-from lightft.optim import OptimizerConfig, SchedulerConfig
-from lightft.peft.base import PEFTStrategy
+from lightft.modules.method import Method
 from lightft.peft.full import FullFineTune
-from lightft.peft.lora import LoRA
 from lightft.rl.advantages import AdaptiveKLController, FixedKLController, gae, group_advantages, whiten_advantages
 from lightft.rl.rewards import RewardFunction, score
 from lightft.rl.rollout import Rollout, sample
@@ -92,11 +89,6 @@ class PPOModule(LightFTModule):
 
     Args:
         model: Which pretrained model to start from (path, dtype, GGUF file, ...).
-        peft: How the policy is made trainable; its disabled adapter is the KL reference (full fine-tuning is not
-            supported: it would need a second full copy).
-        optimizer: Optimizer name and hyper-parameters.
-        scheduler: Learning-rate schedule over optimizer steps.
-        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
         reward: Scores completions: `lightft.rl.rewards.RewardModelScorer` (a trained reward model), a rule reward
             (`KeywordReward`, `JSONMatchReward`) or your own `RewardFunction`.
         generation: Sampling settings of the rollouts (do_sample must be true).
@@ -107,17 +99,18 @@ class PPOModule(LightFTModule):
         kl_controller: KL coefficient: `lightft.rl.FixedKLController` (default, 0.05) or `AdaptiveKLController`.
         kl_estimator: Per-token KL estimator: `k1` (log-ratio), `k2`, `k3` (unbiased, non-negative; GRPO's).
         shaping: Penalties, clipping and whitening applied to the scores.
-        compute: Chunked LM-head log-probs (default on), Liger kernels, activation offloading.
+        **kwargs: `peft` (its disabled adapter is the KL reference: full fine-tuning is not supported, it would need
+            a second full copy), `optimizer`, `scheduler` (over optimizer steps), `gradient_checkpointing`,
+            `compute`: see `LightFTModule`.
     """
+
+    method = Method(data=PromptDataModule, batch=PromptBatch, reference="adapter", rollout=True)
 
     def __init__(
         self,
         model: ModelSpec,
         reward: RewardFunction,
-        peft: PEFTStrategy = lazy_instance(LoRA),
-        optimizer: OptimizerConfig = OptimizerConfig(),
-        scheduler: SchedulerConfig = SchedulerConfig(),
-        gradient_checkpointing: bool = True,
+        *,
         generation: GenerationSettings = GenerationSettings(max_new_tokens=64, do_sample=True),
         algorithm: Literal["ppo", "grpo"] = "ppo",
         samples_per_prompt: int = 1,
@@ -125,9 +118,9 @@ class PPOModule(LightFTModule):
         kl_controller: FixedKLController | AdaptiveKLController | None = None,
         kl_estimator: Literal["k1", "k2", "k3"] = "k1",
         shaping: RewardShaping = RewardShaping(),
-        compute: ComputeSettings = ComputeSettings(),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing, compute)
+        super().__init__(model, **kwargs)
         _check_settings(self.peft, generation, algorithm, samples_per_prompt)
         self.automatic_optimization = False
         self.reward, self.generation = reward, generation
@@ -138,10 +131,20 @@ class PPOModule(LightFTModule):
         self.loss = PPOLoss(ppo.clip_range, ppo.clip_range_value, ppo.vf_coef)
         self.value_head: nn.Module | None = None
 
-    def check_datamodule(self, datamodule: Any) -> None:
-        """Rollouts start from prompts."""
-        if datamodule is not None and not isinstance(datamodule, PromptDataModule):
-            raise LightFTError("data.class_path: PPOModule samples from prompts; use lightft.PromptDataModule.")
+    def memory_plan(self, examples: int, seq_len: int, notes: list[str]) -> dict[str, Any]:
+        """The estimate's shapes: rollouts of prompts x samples at prompt + `max_new_tokens`, updates of a minibatch,
+        the critic's hidden states, a reward model's weights.
+        """  # noqa: D205
+        rollout = examples * self.samples_per_prompt
+        batch = min(rollout, self.ppo.mini_batch_size)
+        notes.append(f"PPO: rollouts of {rollout} sequences of prompt + max_new_tokens; updates of {batch}")
+        weight_bytes = getattr(self.reward, "weight_bytes", None)
+        reward_bytes = float(weight_bytes()) if callable(weight_bytes) else 0.0
+        if reward_bytes:
+            notes.append(f"PPO: the reward model's weights ({reward_bytes / 2**30:.2f} GiB)")
+        length = seq_len + int(self.generation.max_new_tokens or 0)
+        return {"batch_size": batch, "seq_len": length, "rollout_rows": rollout, "critic": self.algorithm == "ppo",
+                "reward_model_bytes": reward_bytes}  # fmt: skip
 
     def configure_model(self) -> None:
         """The policy, and for PPO a value head on its last hidden state (zero-initialised)."""
@@ -166,9 +169,9 @@ class PPOModule(LightFTModule):
         start = rollout.prompt_length - 1  # position t predicts token t + 1: the first response token's predictor
         labels = torch.full_like(rollout.sequences, -100)
         labels[:, start + 1 :] = rollout.sequences[:, start + 1 :].masked_fill(~rollout.response_mask, -100)
-        inputs = {"input_ids": rollout.sequences, "attention_mask": rollout.attention_mask,
-                  "position_ids": rollout.position_ids()}  # fmt: skip
-        output = self.lm_logps(self.model, inputs, labels, entropy=with_entropy, keep_hidden=with_values)
+        inputs = TokenBatch(input_ids=rollout.sequences, labels=labels, attention_mask=rollout.attention_mask,
+                            position_ids=rollout.position_ids())  # fmt: skip
+        output = self.lm_logps(self.model, inputs, entropy=with_entropy, keep_hidden=with_values)
         logprobs = output.logps.logps[:, start:]  # (N, R)
         entropy = output.logps.entropy[:, start:] if output.logps.entropy is not None else torch.zeros_like(logprobs)
         values = None
@@ -206,7 +209,7 @@ class PPOModule(LightFTModule):
 
     # ---- step ---------------------------------------------------------------------------------------------------
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         """Rollout -> scores -> advantages -> `ppo.epochs` passes of minibatch updates."""
         rollout = sample(self.model, self.tokenizer, batch, self.generation, self.samples_per_prompt)
         raw, scores = self.scores(rollout)
@@ -273,12 +276,12 @@ class PPOModule(LightFTModule):
             "train/ended_fraction": rollout.ended.float().mean(),
         }
         if "value_loss" in stats:
-            metrics["val/loss"] = stats["value_loss"]
-            metrics["val/clipfrac"] = stats["value_clipfrac"]
+            metrics["critic/loss"] = stats["value_loss"]  # not `val/`: that prefix means validation in lightft
+            metrics["critic/clipfrac"] = stats["value_clipfrac"]
         for name, value in metrics.items():
             self.log(name, value.float(), prog_bar=name in ("env/reward_mean", "objective/kl"), batch_size=len(scores))
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         """Mean reward of one response per validation prompt (the sampling settings of training)."""
         rollout = sample(self.model, self.tokenizer, batch, self.generation, 1)
         self.log("eval/reward_mean", self.scores(rollout)[0].mean(), prog_bar=True, batch_size=len(rollout.prompts))

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
-from lightft.errors import LightFTError
+from lightft.data.batches import PairBatch
+from lightft.data.preference_datamodule import PreferenceDataModule
 from lightft.losses.reward import BradleyTerryLoss
-from lightft.models.forward import ComputeSettings
 from lightft.models.loading import ModelSpec
 from lightft.modules.base import LightFTModule, eval_means
-from lightft.optim import OptimizerConfig, SchedulerConfig
-from lightft.peft.base import PEFTStrategy
-from lightft.peft.lora import LoRA
+from lightft.modules.method import Method
 
 HEAD_NAME = "score"  # transformers' name of the sequence-classification head
 
@@ -29,38 +26,18 @@ class RewardModelModule(LightFTModule):
 
     Args:
         model: Which pretrained model to start from (path, dtype, GGUF file, ...); a scalar head is added.
-        peft: How the backbone is made trainable (the head always trains): `lightft.peft.LoRA`, `QLoRA`, ...
-        optimizer: Optimizer name and hyper-parameters.
-        scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
-        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
         loss: The pairwise loss (default: Bradley-Terry; set `center_rewards_coefficient` for reward centering); a
             data column `margin` is used as the required margin when present.
-        compute: Liger kernels and activation offloading (a reward model has no LM head, so no chunked loss).
+        **kwargs: `peft` (the head always trains), `optimizer`, `scheduler`, `gradient_checkpointing`, `compute`
+            (a reward model has no LM head, so no chunked loss): see `LightFTModule`.
     """
 
-    model_head = "reward"
+    method = Method(data=PreferenceDataModule, batch=PairBatch, rows_per_example=2, lm_logps=False, head="reward")
 
-    def __init__(
-        self,
-        model: ModelSpec,
-        peft: PEFTStrategy = lazy_instance(LoRA),
-        optimizer: OptimizerConfig = OptimizerConfig(),
-        scheduler: SchedulerConfig = SchedulerConfig(),
-        gradient_checkpointing: bool = True,
-        loss: BradleyTerryLoss | None = None,
-        compute: ComputeSettings = ComputeSettings(),
-    ) -> None:
-        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing, compute)
+    def __init__(self, model: ModelSpec, *, loss: BradleyTerryLoss | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
         self.loss = loss if loss is not None else BradleyTerryLoss()
         self.metrics = eval_means(("loss", "accuracy", "margin"))
-
-    def check_datamodule(self, datamodule: Any) -> None:
-        """Reward models train on paired preference data."""
-        if datamodule is not None and not getattr(datamodule, "is_paired", False):
-            raise LightFTError(
-                "data.class_path: RewardModelModule trains on chosen/rejected pairs; use lightft.PreferenceDataModule "
-                "with prompt/chosen/rejected (or chosen/rejected) data."
-            )
 
     def build_model(self, quantize: bool = True) -> nn.Module:
         """The PEFT-wrapped backbone with its scalar head trainable, whatever the strategy."""
@@ -71,36 +48,35 @@ class RewardModelModule(LightFTModule):
                 param.requires_grad_(True)
         return model
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, batch: PairBatch) -> Tensor:
         """Rewards (2B,) of the batch's rows: chosen rows first, then rejected."""
         assert self.model is not None, "configure_model must run first"
         with self.saved_activations():
-            output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            output = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         return output.logits.squeeze(-1).float()
 
-    def _pair_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _pair_step(self, batch: PairBatch) -> tuple[Tensor, Tensor]:
         chosen, rejected = self(batch).chunk(2)  # (B,), (B,)
-        return self.loss(chosen, rejected, batch.get("margin")), chosen - rejected
+        return self.loss(chosen, rejected, batch.margin), chosen - rejected
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor:
         """Pairwise loss summed over pairs, scaled so the optimizer step sees the mean over all its pairs."""
         losses, margins = self._pair_step(batch)
         size = len(losses)
         self.log("train/loss", losses.mean().detach(), prog_bar=True, batch_size=size)
         self.log("train/accuracy", (margins > 0).float().mean(), prog_bar=True, batch_size=size)
         self.log("train/margin", margins.mean().detach(), batch_size=size)
-        # Lightning divides by accumulate_grad_batches and DDP/FSDP average over ranks; undo both, divide by the step.
-        return losses.sum() * self.trainer.accumulate_grad_batches * self.trainer.world_size / batch["step_items"]
+        return self.scaled(losses.sum(), batch)
 
-    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+    def _eval_step(self, batch: PairBatch, stage: str) -> None:
         losses, margins = self._pair_step(batch)
         self.log_eval_means(self.metrics, stage, {"loss": losses, "accuracy": (margins > 0).float(), "margin": margins})
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: PairBatch, batch_idx: int) -> None:
         """Loss, accuracy (chosen scored above rejected) and mean margin over the validation pairs."""
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: PairBatch, batch_idx: int) -> None:
         """Loss, accuracy and mean margin over the test pairs."""
         self._eval_step(batch, "test")
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jsonargparse import lazy_instance
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lightft.data import SFTDataModule
+from lightft.data.batches import PromptBatch, TokenBatch
 from lightft.generation import GenerationSettings, generate
 from lightft.models.attention import check_packed_attention
-from lightft.models.forward import ComputeSettings
 from lightft.models.loading import ModelSpec
 from lightft.modules.base import LightFTModule
-from lightft.optim import OptimizerConfig, SchedulerConfig
-from lightft.peft.base import PEFTStrategy
-from lightft.peft.lora import LoRA
+from lightft.modules.method import Method
 
 
 class SFTModule(LightFTModule):
@@ -29,75 +27,52 @@ class SFTModule(LightFTModule):
 
     Args:
         model: Which pretrained model to start from (path, dtype, GGUF file, ...).
-        peft: How the model is made trainable: `lightft.peft.LoRA`, `QLoRA`, `FullFineTune`, or your own class.
-        optimizer: Optimizer name and hyper-parameters.
-        scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
-        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
         generation: Sampling settings for `lightft predict`.
-        compute: Chunked LM-head loss (default on), Liger kernels, activation offloading.
+        **kwargs: `peft`, `optimizer`, `scheduler`, `gradient_checkpointing`, `compute`: see `LightFTModule`.
     """
 
+    method = Method(data=SFTDataModule, batch=TokenBatch)
+
     def __init__(
-        self,
-        model: ModelSpec,
-        peft: PEFTStrategy = lazy_instance(LoRA),
-        optimizer: OptimizerConfig = OptimizerConfig(),
-        scheduler: SchedulerConfig = SchedulerConfig(),
-        gradient_checkpointing: bool = True,
-        generation: GenerationSettings = GenerationSettings(),
-        compute: ComputeSettings = ComputeSettings(),
+        self, model: ModelSpec, *, generation: GenerationSettings = GenerationSettings(), **kwargs: Any
     ) -> None:
-        super().__init__(model, peft, optimizer, scheduler, gradient_checkpointing, compute)
+        super().__init__(model, **kwargs)
         self.generation = generation
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._packing_checked = False
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Next-token logits (B, T, V) (generation, inspection; the losses never build them unless
-        `compute.chunked_loss` is off); packed batches carry `position_ids` and no attention mask.
-        """  # noqa: D205
-        assert self.model is not None, "configure_model must run first"
-        output = self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
-            position_ids=batch.get("position_ids"),
-            use_cache=False,
-        )
-        # prompt-style strategies prepend virtual tokens: the last T positions are the input's
-        return output.logits[:, -batch["input_ids"].shape[1] :]
+    def forward(self, batch: TokenBatch) -> Tensor:
+        """Next-token logits (B, T, V) of the batch (packed batches carry `position_ids` and no attention mask)."""
+        return self.logits(batch)
 
-    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: TokenBatch, batch_idx: int) -> None:
         """Before the first packed batch, prove that this model keeps packed documents apart."""
-        if "position_ids" in batch and not self._packing_checked:
+        if batch.packed and not self._packing_checked:
             check_packed_attention(self.model, self.device)
             self._packing_checked = True
 
-    def token_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def token_loss(self, batch: TokenBatch) -> tuple[Tensor, Tensor]:
         """(summed next-token cross entropy over the batch's trained tokens, their number)."""
         logps = self.lm_logps(self.model, batch).logps
         return -logps.total(), logps.mask.sum()
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: TokenBatch, batch_idx: int) -> Tensor:
         """Summed token loss scaled so that the optimizer step sees sum(loss) / trained tokens in the step."""
         loss_sum, n_tokens = self.token_loss(batch)
-        self.log(
-            "train/loss", loss_sum.detach() / n_tokens.clamp(min=1), prog_bar=True, batch_size=len(batch["labels"])
-        )
-        # Lightning divides by accumulate_grad_batches and DDP/FSDP average over ranks; undo both, divide by the step.
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / batch["step_tokens"]
-        return loss_sum * scale
+        self.log("train/loss", loss_sum.detach() / n_tokens.clamp(min=1), prog_bar=True, batch_size=batch.size)
+        return self.scaled(loss_sum, batch)
 
-    def _eval_step(self, batch: dict[str, Tensor], metric: MeanMetric, stage: str) -> None:
+    def _eval_step(self, batch: TokenBatch, metric: MeanMetric, stage: str) -> None:
         loss_sum, n_tokens = self.token_loss(batch)
         if n_tokens > 0:
             metric.update(loss_sum / n_tokens, weight=n_tokens)
-        self.log(f"{stage}/loss", metric, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
+        self.log(f"{stage}/loss", metric, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch.size)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: TokenBatch, batch_idx: int) -> None:
         """Token-weighted mean loss over the whole validation set (all ranks)."""
         self._eval_step(batch, self.val_loss, "val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: TokenBatch, batch_idx: int) -> None:
         """Token-weighted mean loss over the whole test set (all ranks)."""
         self._eval_step(batch, self.test_loss, "test")
 
@@ -108,11 +83,11 @@ class SFTModule(LightFTModule):
             # that tells Lightning the epoch-level value is global
             self.log("val/ppl", torch.exp(self.val_loss.compute()), sync_dist=True)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Generate a completion per prompt: `{index, completion, reference}`."""
         assert self.model is not None
-        texts = generate(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.generation)
+        texts = generate(self.model, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation)
         return [
             {"index": int(i), "completion": text, "reference": ref}
-            for i, text, ref in zip(batch["index"], texts, batch["reference"], strict=True)
+            for i, text, ref in zip(batch.index, texts, batch.references, strict=True)
         ]

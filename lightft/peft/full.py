@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from lightft.errors import LightFTError
 
@@ -54,5 +54,7 @@ class FullFineTune:
         model.save_pretrained(directory)  # type: ignore[operator]
 
     def load(self, model: PreTrainedModel, directory: Path) -> nn.Module:
-        """The saved checkpoint replaces the base entirely."""
-        return AutoModelForCausalLM.from_pretrained(directory, dtype=model.dtype)
+        """The saved checkpoint replaces the base entirely, as a model of the base's own class (a causal LM, or a
+        reward model's `*ForSequenceClassification`).
+        """  # noqa: D205
+        return type(model).from_pretrained(directory, dtype=model.dtype)

@@ -123,6 +123,15 @@ class RewardModelScorer:
             self._model.to(self.device)
         return self
 
+    def weight_bytes(self) -> float:
+        """Bytes of the reward model's weights at its config's dtype, from its config alone (nothing loads)."""
+        from lightft.models.loading import ModelSpec, meta_model
+
+        model = meta_model(ModelSpec(path=self.path), key=f"{KEY}.init_args.path", head="reward")
+        dtype = getattr(model.config, "dtype", None) or torch.float32
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        return float(sum(p.numel() for p in model.parameters()) * dtype.itemsize)
+
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

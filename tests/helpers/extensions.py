@@ -11,23 +11,25 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from lightft import DPOModule, SFTModule
+from lightft import DPOModule, LightFTModule, PreferenceDataModule, SFTModule
+from lightft.data.batches import PairBatch, TokenBatch
 from lightft.errors import LightFTError
 from lightft.losses import token_cross_entropy
 from lightft.losses.preference import PreferenceOutput
+from lightft.models.loading import ModelSpec
+from lightft.modules import Method
 
 
 class ZLossSFT(SFTModule):
     """SFT plus PaLM's z-loss, 1e-4 * log(Z)^2 per trained token: a subclass overriding one method."""
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: TokenBatch, batch_idx: int) -> Tensor:
         logits = self(batch)
-        loss_sum, _ = token_cross_entropy(logits, batch["labels"])
-        trained = batch["labels"][:, 1:] != -100
+        loss_sum, _ = token_cross_entropy(logits, batch.labels)
+        trained = batch.labels[:, 1:] != -100
         z_sum = torch.logsumexp(logits[:, :-1][trained].float(), dim=-1).pow(2).sum()
         self.log("train/z_loss", z_sum.detach() / trained.sum().clamp(min=1))
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / batch["step_tokens"]
-        return (loss_sum + 1e-4 * z_sum) * scale
+        return self.scaled(loss_sum + 1e-4 * z_sum, batch)
 
 
 class TrainLastLayers:
@@ -80,7 +82,7 @@ class NLLRegularisedDPO(DPOModule):
 
     alpha = 1.0
 
-    def compute_loss(self, batch: dict[str, Tensor], split: str) -> tuple[PreferenceOutput, Any]:
+    def compute_loss(self, batch: PairBatch, split: str) -> tuple[PreferenceOutput, Any]:
         output, policy = super().compute_loss(batch, split)
         self.log(f"{split}/chosen_nll", policy.chosen_nll.mean().detach(), batch_size=len(policy.chosen))
         losses = output.losses + self.alpha * policy.chosen_nll
@@ -95,7 +97,7 @@ class PoisonedSFT(SFTModule):
         super().__init__(*args, **kwargs)
         self.poison, self.where = set(poison or []), where
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: TokenBatch, batch_idx: int) -> Tensor:
         loss = super().training_step(batch, batch_idx)
         if self.where == "loss" and self.trainer.global_step in self.poison:
             loss = loss * float("nan")
@@ -105,6 +107,37 @@ class PoisonedSFT(SFTModule):
         if self.where == "grad" and self.trainer.global_step in self.poison:
             param = next(p for p in self.parameters() if p.grad is not None)
             param.grad[0] = float("inf")
+
+
+class UnlikelihoodModule(LightFTModule):
+    """A user's own method, declared on its class and nowhere else: next-token NLL on the chosen answers of
+    preference pairs plus `alpha` x the unlikelihood loss -log(1 - p) of the rejected answers' tokens (Welleck et
+    al. 2019). Chosen and rejected rows go through the model in one forward.
+    """
+
+    method = Method(data=PreferenceDataModule, batch=PairBatch, rows_per_example=2)
+
+    def __init__(self, model: ModelSpec, *, alpha: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.alpha = alpha
+
+    def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor:
+        logps = self.lm_logps(self.model, batch).logps  # (2B, T-1)
+        chosen, rejected = logps.sequence().chunk(2)
+        reject_mask = logps.mask.chunk(2)[1]
+        p = logps.logps.chunk(2)[1].exp().clamp(max=1 - 1e-6)
+        unlikely = -(torch.log1p(-p) * reject_mask).sum(-1)  # (B,)
+        losses = -chosen + self.alpha * unlikely
+        self.log("train/loss", losses.mean().detach(), batch_size=batch.size)
+        self.log("train/rejected_logps", rejected.mean().detach(), batch_size=batch.size)
+        return self.scaled(losses.sum(), batch)
+
+
+class UndeclaredModule(LightFTModule):
+    """A method module that forgot its `method` declaration."""
+
+    def training_step(self, batch: TokenBatch, batch_idx: int) -> Tensor:
+        return self.lm_logps(self.model, batch).logps.total()
 
 
 class BrokenReward:

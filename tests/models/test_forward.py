@@ -90,7 +90,7 @@ def sft_module(spec, peft, compute):
 def test_sft_full_fine_tune_same_loss_and_gradients(tiny_spec, tied_spec, chunk, tied):
     spec = tied_spec if tied else tiny_spec
     batch = sft_batch(spec)
-    trained = int((batch["labels"][:, 1:] != -100).sum())
+    trained = int((batch.labels[:, 1:] != -100).sum())
     assert trained % 7 and trained > 16  # chunks of 7 leave a remainder; chunks of 16 make several
     chunked, full = twins(lambda c: sft_module(spec, FullFineTune(), c), CHUNKED[chunk])
     assert_same_loss_and_grads(lambda m: m.token_loss(batch)[0], chunked, full)
@@ -112,7 +112,7 @@ def test_sft_peft_same_loss_and_gradients(tiny_spec, peft):
 
 def test_sft_packed_rows_same_loss_and_gradients(tiny_spec):
     batch = sft_batch(tiny_spec, packing=True)
-    assert "position_ids" in batch
+    assert batch.packed
     chunked, full = twins(lambda c: sft_module(tiny_spec, LoRA(r=4, dropout=0.0), c), CHUNKED["16"])
     assert_same_loss_and_grads(lambda m: m.token_loss(batch)[0], chunked, full)
 

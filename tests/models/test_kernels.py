@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lightft import SFTModule
+from lightft.data.batches import TokenBatch
 from lightft.errors import LightFTError
 from lightft.models.forward import ComputeSettings
 from lightft.models.kernels import check_liger, resolve_attention
@@ -95,7 +96,7 @@ def test_offloading_lowers_the_peak_of_a_checkpointed_forward():
         ids = torch.randint(0, 500, (8, 512), device="cuda")
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        loss = module.token_loss({"input_ids": ids, "labels": ids})[0]
+        loss = module.token_loss(TokenBatch(input_ids=ids, labels=ids))[0]
         peaks[offload] = torch.cuda.max_memory_allocated() - before
         loss.backward()
     assert peaks[True] < peaks[False]

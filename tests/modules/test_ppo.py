@@ -55,9 +55,10 @@ def test_rule_reward_rises_while_kl_stays_bounded(tmp_path, tiny_spec, algorithm
     # KL to the reference is summed over a 12-token response: bounded means well under 3 nats per token
     assert max(s["objective/kl"] for s in log.steps) < 36.0
     expected = {"objective/entropy", "policy/clipfrac", "train/response_length"} | (
-        {"val/loss"} if algorithm == "ppo" else set()
+        {"critic/loss", "critic/clipfrac"} if algorithm == "ppo" else set()
     )
     assert expected <= set(log.steps[-1])
+    assert not any(key.startswith("val/") for key in log.steps[-1])  # `val/` means validation, not the critic
 
 
 def test_value_head_trains_and_is_checkpointed(tmp_path, tiny_spec):

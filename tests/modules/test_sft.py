@@ -112,7 +112,7 @@ def test_validation_loss_is_token_weighted_over_the_whole_set(tmp_path, tiny_spe
         for batch in loader:
             from lightft.losses import token_cross_entropy
 
-            s, n = token_cross_entropy(sft(batch), batch["labels"])
+            s, n = token_cross_entropy(sft(batch), batch.labels)
             total, count = total + s.item(), count + n.item()
     assert results[0]["val/loss"] == pytest.approx(total / count, rel=1e-5)
 
@@ -122,7 +122,7 @@ class BatchLog(pl.Callback):
         self.seen = []
 
     def on_train_batch_start(self, trainer, module, batch, idx):
-        self.seen.append(batch["input_ids"][:, :12].tolist())
+        self.seen.append(batch.input_ids[:, :12].tolist())
 
 
 def test_mid_epoch_resume_replays_the_rest_of_the_epoch(tmp_path, tiny_spec):
@@ -171,18 +171,6 @@ def test_val_fraction_holds_out_a_disjoint_seeded_split(tiny_spec):
     again = datamodule(tiny_spec, n=40, val_fraction=0.25)
     again.setup("fit")
     assert as_tuples(again.datasets["val"]) == as_tuples(val)
-
-
-def test_python_built_modules_store_plain_hyperparameters(tiny_spec):
-    from lightft.modules.base import plain_hparams
-    from lightft.peft import QLoRA
-
-    hparams = plain_hparams(module(tiny_spec, peft=QLoRA(r=3, quant_type="fp4")))
-    assert hparams["_class_path"] == "lightft.modules.sft.SFTModule"
-    peft = hparams["peft"]
-    assert peft["class_path"] == "lightft.peft.lora.QLoRA"
-    assert peft["init_args"]["r"] == 3 and peft["init_args"]["quant_type"] == "fp4"
-    assert hparams["model"]["path"] == tiny_spec.path and hparams["optimizer"]["name"] == "adamw"
 
 
 def test_validation_inside_an_optimizer_step_is_warned_about(tmp_path, tiny_spec):
