@@ -2,7 +2,7 @@
 # The offline quickstart: set up, show what SmolLM2-135M-Instruct answers before, fine-tune it with LoRA on CPU
 # (configs/quickstart.yaml), export the adapter, and show what it answers after.
 #
-#   bash launch/quickstart.sh            (about 6 minutes on 2 CPU cores, plus the first set-up)
+#   bash launch/quickstart.sh            (about 4 minutes on 2 CPU cores, plus the first set-up)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash launch/setup_env.sh
