@@ -20,9 +20,11 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
 from lightft import DPOModule, PreferenceDataModule, SFTModule  # noqa: E402
+from lightft.data.batches import PairBatch  # noqa: E402
 from lightft.data.sources import DatasetSpec  # noqa: E402
 from lightft.losses import DPOLoss  # noqa: E402
 from lightft.models.loading import ModelSpec  # noqa: E402
+from lightft.modules import Method  # noqa: E402
 from lightft.optim import OptimizerConfig, SchedulerConfig  # noqa: E402
 from lightft.peft import LoRA  # noqa: E402
 
@@ -44,6 +46,8 @@ class StepTimer(pl.Callback):
 
 class ChosenOnly(SFTModule):
     """SFT on the chosen rows of a preference batch (the same tokens DPO sees, half the rows)."""
+
+    method = Method(data=PreferenceDataModule, batch=PairBatch)  # one row per pair: only the chosen side
 
     def training_step(self, batch, batch_idx):
         from lightft.data.batches import TokenBatch

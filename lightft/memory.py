@@ -259,9 +259,10 @@ class Estimate:
         """A breakdown table (GiB per rank)."""
         p = self.plan
         where = f"{p.world_size} rank(s), {p.strategy}" + (f" ZeRO-{p.zero_stage}" if p.zero_stage else "")
+        rows = f" x {p.rows_per_example} rows" if p.rows_per_example > 1 else ""
         lines = [
-            f"Memory estimate per rank ({where}, {p.precision}, batch {p.batch_size} x {p.seq_len} tokens, "
-            f"{p.optimizer}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'})",
+            f"Memory estimate per rank of {p.method} ({where}, {p.precision}, batch {p.batch_size}{rows} x {p.seq_len} "
+            f"tokens, {p.optimizer}, gradient checkpointing {'on' if p.gradient_checkpointing else 'off'})",
             f"params: {self.params['total']:,} total, {self.params['trainable']:,} trainable",
             "",
             "| component | GiB |",

@@ -21,7 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightft.checkpoints import save_atomically
@@ -118,13 +118,12 @@ def requeues_on_slurm(trainer: pl.Trainer) -> bool:
     """Whether the run is under SLURM with auto-requeue (Lightning's `SLURMEnvironment`, `auto_requeue` on).
 
     A parallel strategy carries the cluster environment Lightning chose, a `SLURMEnvironment` plugin's settings
-    included. A single-device strategy carries none: there the answer is the environment Lightning detects by
-    default (TorchElastic first, then SLURM, with auto-requeue), so a single-device run under SLURM requeues even
-    with a `SLURMEnvironment(auto_requeue=False)` plugin.
+    included. A single-device strategy carries none: Lightning keeps the one it chose (the user's plugin, or the
+    detected one) on its accelerator connector only.
     """
     environment = getattr(trainer.strategy, "cluster_environment", None)
-    if environment is None and not TorchElasticEnvironment.detect() and SLURMEnvironment.detect():
-        environment = SLURMEnvironment()
+    if environment is None:  # single device: no public attribute holds it (docs/design.md, private APIs)
+        environment = trainer._accelerator_connector.cluster_environment
     return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
 
 

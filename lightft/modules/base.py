@@ -9,6 +9,7 @@ reference, its head): the class's `method` declaration (`lightft.modules.method`
 
 from __future__ import annotations
 
+import importlib
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -75,6 +76,17 @@ class LightFTModule(CheckpointHooks):
         self.compatibility_checked = False
         self.peft_summary: dict[str, float] = {}
         self.load_device = torch.device("cpu")  # where a quantized base loads without a Trainer (export)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's `load_from_checkpoint`; on `LightFTModule` itself, the checkpoint's own method class is built."""
+        if cls is LightFTModule:
+            hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+            module, _, name = str(hparams.get("_class_path", "")).rpartition(".")
+            if not module:
+                raise LightFTError(f"'{checkpoint_path}' names no lightft module class; load it with its own class.")
+            return getattr(importlib.import_module(module), name).load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def describe(self) -> Method:
         """This method as configured: the class's declaration, refined by settings (a subclass may override)."""

@@ -141,7 +141,8 @@ class PPOModule(LightFTModule):
         weight_bytes = getattr(self.reward, "weight_bytes", None)
         reward_bytes = float(weight_bytes()) if callable(weight_bytes) else 0.0
         if reward_bytes:
-            notes.append(f"PPO: the reward model's weights ({reward_bytes / 2**30:.2f} GiB)")
+            name = getattr(self.reward, "path", type(self.reward).__name__)
+            notes.append(f"PPO: the reward model {name} ({reward_bytes / 2**20:,.1f} MiB of weights at its dtype)")
         length = seq_len + int(self.generation.max_new_tokens or 0)
         return {"batch_size": batch, "seq_len": length, "rollout_rows": rollout, "critic": self.algorithm == "ppo",
                 "reward_model_bytes": reward_bytes}  # fmt: skip

@@ -89,21 +89,34 @@ def no_cluster(monkeypatch):
     return monkeypatch
 
 
+def one_task_job(monkeypatch):
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
+                        "SLURM_LOCALID": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+
+
 def test_a_single_device_run_requeues_where_lightning_detects_slurm(no_cluster):
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
-    assert not requeues_on_slurm(trainer)
-    no_cluster.setenv("SLURM_NTASKS", "1")
-    no_cluster.setenv("SLURM_JOB_NAME", "train")
-    assert requeues_on_slurm(trainer)
+    assert not requeues_on_slurm(pl.Trainer(accelerator="cpu", devices=1, logger=False))
+    one_task_job(no_cluster)
+    assert requeues_on_slurm(pl.Trainer(accelerator="cpu", devices=1, logger=False))
     no_cluster.setenv("TORCHELASTIC_RUN_ID", "1")  # torchrun inside SLURM: Lightning picks TorchElastic
-    assert not requeues_on_slurm(trainer)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "GROUP_RANK": "0",
+                        "MASTER_ADDR": "localhost", "MASTER_PORT": "12910"}.items():  # fmt: skip
+        no_cluster.setenv(name, value)
+    assert not requeues_on_slurm(pl.Trainer(accelerator="cpu", devices=1, logger=False))
+
+
+@pytest.mark.parametrize("auto_requeue", [True, False])
+def test_a_single_device_run_keeps_the_slurm_plugin(no_cluster, auto_requeue):
+    one_task_job(no_cluster)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, plugins=[SLURMEnvironment(auto_requeue=auto_requeue)],
+                         logger=False)  # fmt: skip
+    assert requeues_on_slurm(trainer) == auto_requeue
 
 
 @pytest.mark.parametrize("auto_requeue", [True, False])
 def test_a_parallel_strategy_carries_the_slurm_plugin(no_cluster, auto_requeue):
-    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
-                        "SLURM_LOCALID": "0"}.items():  # fmt: skip
-        no_cluster.setenv(name, value)  # a one-task SLURM job
+    one_task_job(no_cluster)
     plugin = SLURMEnvironment(auto_requeue=auto_requeue)
     trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=DDPStrategy(), plugins=[plugin], logger=False)
     assert trainer.strategy.cluster_environment is plugin
