@@ -32,22 +32,39 @@ class TokenDataModule(pl.LightningDataModule):
     """What lightft's data modules share: splits, the linked tokenizer, caching, the batch planner, resumable loaders.
 
     A subclass says how a split is encoded (`encode`), what dataset and collator it becomes (`make_dataset`,
-    `collator`), which batch type its training batches are (`batch_type`), and which splits it has.
+    `collator`), which batch type its training batches are (`batch_type`), and which splits it has; it takes its
+    own arguments and forwards these with `**kwargs`.
+
+    Args:
+        train: Training data: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
+        val: Validation data. Alternatively set `val_fraction`.
+        val_fraction: Hold out this fraction of `train` (seeded) for validation.
+        test: Data for `lightft test`.
+        tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
+        max_length: Longest sequence in tokens (per side for preference pairs; the pack size when packing).
+        batch_size: Per micro-batch per device: examples, pairs (preference data) or prompts (rollouts); SFT counts
+            it in its `batch_size_unit`.
+        group_by_length: Batch examples of similar length together (less padding).
+        num_workers: DataLoader worker processes.
+        seed: Seed for shuffling and the validation split.
     """
 
     def __init__(
         self,
-        specs: dict[str, DatasetSpec | str | None],
         *,
-        val_fraction: float,
-        tokenizer: ModelSpec | None,
-        max_length: int,
-        batch_size: int,
-        group_by_length: bool,
-        num_workers: int,
-        seed: int,
+        train: DatasetSpec | str | None = None,
+        val: DatasetSpec | str | None = None,
+        val_fraction: float = 0.0,
+        test: DatasetSpec | str | None = None,
+        tokenizer: ModelSpec | None = None,
+        max_length: int = 1024,
+        batch_size: int = 4,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        seed: int = 42,
     ) -> None:
         super().__init__()
+        specs = {"train": train, "val": val, "test": test}
         if not 0.0 <= val_fraction < 1.0:
             raise LightFTError(f"{KEY}.val_fraction: must be in [0, 1), got {val_fraction}.")
         if specs.get("val") is not None and val_fraction:

@@ -23,7 +23,6 @@ from lightft.data.preference import PAIRED_FORMATS, PREFERENCE_FORMATS, encode_p
 from lightft.data.sources import DatasetSpec
 from lightft.data.templates import Truncation
 from lightft.errors import LightFTError
-from lightft.models.loading import ModelSpec
 
 
 class PreferenceDataModule(TokenDataModule):
@@ -33,17 +32,11 @@ class PreferenceDataModule(TokenDataModule):
     `label` (true = desirable).
 
     Args:
-        train: Training data: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
-        val: Validation data. Alternatively set `val_fraction`.
-        val_fraction: Hold out this fraction of `train` (seeded) for validation.
-        test: Data for `lightft test`.
-        tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
-        max_length: Longest sequence (prompt + completion) in tokens, per side.
+        train: Training pairs: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
+        val: Validation pairs. Alternatively set `val_fraction`.
         truncation: Longer sequences: `right` keeps the start, `left` keeps the end, `drop` discards the pair.
-        batch_size: Pairs (or unpaired examples) per micro-batch per device.
-        group_by_length: Batch pairs of similar length together (less padding).
-        num_workers: DataLoader worker processes.
-        seed: Seed for shuffling and the validation split.
+        **kwargs: `val_fraction`, `test`, `tokenizer`, `max_length` (prompt + completion, per side), `batch_size`
+            (pairs, or unpaired examples), `group_by_length`, `num_workers`, `seed`: see `TokenDataModule`.
     """
 
     def __init__(
@@ -51,26 +44,10 @@ class PreferenceDataModule(TokenDataModule):
         train: DatasetSpec | str | None = None,
         val: DatasetSpec | str | None = None,
         *,
-        val_fraction: float = 0.0,
-        test: DatasetSpec | str | None = None,
-        tokenizer: ModelSpec | None = None,
-        max_length: int = 1024,
         truncation: Truncation = "right",
-        batch_size: int = 4,
-        group_by_length: bool = True,
-        num_workers: int = 0,
-        seed: int = 42,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            {"train": train, "val": val, "test": test},
-            val_fraction=val_fraction,
-            tokenizer=tokenizer,
-            max_length=max_length,
-            batch_size=batch_size,
-            group_by_length=group_by_length,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        super().__init__(train=train, val=val, **kwargs)
         self.truncation = truncation
         self.paired: dict[str, bool] = {}  # split -> whether it holds pairs, once encoded
 

@@ -19,7 +19,6 @@ from lightft.data.datasets import PromptDataset
 from lightft.data.pipeline import encode_prompts
 from lightft.data.sampling import PlannedBatchSampler
 from lightft.data.sources import DatasetSpec
-from lightft.models.loading import ModelSpec
 
 
 class PromptDataModule(TokenDataModule):
@@ -28,12 +27,9 @@ class PromptDataModule(TokenDataModule):
     Args:
         train: Training prompts: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
         val: Validation prompts. Alternatively set `val_fraction`.
-        val_fraction: Hold out this fraction of `train` (seeded) for validation.
-        tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
         max_prompt_length: Longest prompt in tokens (longer prompts keep their end).
         batch_size: Prompts per rollout per device.
-        num_workers: DataLoader worker processes.
-        seed: Seed for shuffling and the validation split.
+        **kwargs: `val_fraction`, `tokenizer`, `num_workers`, `seed`: see `TokenDataModule`.
     """
 
     def __init__(
@@ -41,23 +37,13 @@ class PromptDataModule(TokenDataModule):
         train: DatasetSpec | str | None = None,
         val: DatasetSpec | str | None = None,
         *,
-        val_fraction: float = 0.0,
-        tokenizer: ModelSpec | None = None,
         max_prompt_length: int = 512,
         batch_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 42,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            {"train": train, "val": val},
-            val_fraction=val_fraction,
-            tokenizer=tokenizer,
-            max_length=max_prompt_length,
-            batch_size=batch_size,
-            group_by_length=False,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        # no test split (rollouts have no test step); prompts of every length go together
+        super().__init__(train=train, val=val, test=None, max_length=max_prompt_length, batch_size=batch_size,
+                         group_by_length=False, **kwargs)  # fmt: skip
 
     def encode(self, name: str, report: bool = True) -> Any:
         """Prompt ids and reference texts of split `name`."""

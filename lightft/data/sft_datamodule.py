@@ -21,7 +21,6 @@ from lightft.data.pipeline import encode_prompts, encode_split
 from lightft.data.sources import DatasetSpec
 from lightft.data.templates import Truncation
 from lightft.errors import LightFTError
-from lightft.models.loading import ModelSpec
 
 
 class SFTDataModule(TokenDataModule):
@@ -30,21 +29,15 @@ class SFTDataModule(TokenDataModule):
     Args:
         train: Training data: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
         val: Validation data. Alternatively set `val_fraction`.
-        val_fraction: Hold out this fraction of `train` (seeded) for validation.
-        test: Data for `lightft test`.
         predict: Prompts for `lightft predict` (the trained turns, if any, are written as references).
-        tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
-        max_length: Longest sequence in tokens (and pack size when packing).
         truncation: Longer examples: `right` keeps the start, `left` keeps the end, `drop` discards them.
-        batch_size: Per micro-batch per device, in `batch_size_unit`.
         packing: Concatenate examples into rows of `max_length`; documents never attend to each other.
         batch_size_unit: What `batch_size` counts. `rows`: sequences, or packed rows with packing (an epoch then
             takes fewer optimizer steps than unpacked). `examples`: examples; with packing each optimizer step is
             planned from examples exactly as unpacked, then packed, so the run takes the unpacked run's steps.
             `tokens`: at most `batch_size` tokens per micro-batch, padding included (at least `max_length`).
-        group_by_length: Batch examples of similar length together (less padding).
-        num_workers: DataLoader worker processes.
-        seed: Seed for shuffling and the validation split.
+        **kwargs: `val_fraction`, `test`, `tokenizer`, `max_length`, `batch_size`, `group_by_length`,
+            `num_workers`, `seed`: see `TokenDataModule`.
     """
 
     def __init__(
@@ -52,31 +45,16 @@ class SFTDataModule(TokenDataModule):
         train: DatasetSpec | str | None = None,
         val: DatasetSpec | str | None = None,
         *,
-        val_fraction: float = 0.0,
-        test: DatasetSpec | str | None = None,
         predict: DatasetSpec | str | None = None,
-        tokenizer: ModelSpec | None = None,
-        max_length: int = 1024,
         truncation: Truncation = "right",
-        batch_size: int = 4,
         packing: bool = False,
         batch_size_unit: BatchSizeUnit = "rows",
-        group_by_length: bool = True,
-        num_workers: int = 0,
-        seed: int = 42,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            {"train": train, "val": val, "test": test, "predict": predict},
-            val_fraction=val_fraction,
-            tokenizer=tokenizer,
-            max_length=max_length,
-            batch_size=batch_size,
-            group_by_length=group_by_length,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        super().__init__(train=train, val=val, **kwargs)
+        self.specs["predict"] = DatasetSpec(predict) if isinstance(predict, str) else predict
         self.truncation, self.packing = truncation, packing
-        self.batch_size_unit = check_batch_size_unit(batch_size_unit, batch_size, max_length)
+        self.batch_size_unit = check_batch_size_unit(batch_size_unit, self.batch_size, self.max_length)
 
     def encode(self, name: str, report: bool = True) -> Any:
         """Token ids and labels (prompts for `predict`) of split `name`."""
