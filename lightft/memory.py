@@ -203,7 +203,7 @@ def saved_activation_bytes(
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # non-fake inputs: the meta weights being converted
     model = _in_dtype(copy.deepcopy(model), dtype)
     with mode:
-        model = model.to_empty(device="cpu").train()  # training mode: dropout saves its masks
+        model = _fake_weights(model).train()  # training mode: dropout saves its masks
     if checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     hooks = []
@@ -428,6 +428,25 @@ def rollout_bytes(model: nn.Module, plan: Plan) -> float:
         if plan.critic:
             evaluation += (cfg.num_hidden_layers + 1) * rows * length * cfg.hidden_size * csize
     return float(max(kv_cache, evaluation))
+
+
+def _fake_weights(model: nn.Module) -> nn.Module:
+    """`model` with fake CPU tensors in place of its meta weights (inside a `FakeTensorMode`), shared ones once.
+
+    `to_empty` swaps each parameter in place and fails on one a second module holds too (prompt tuning keeps the
+    word embeddings in its PEFT wrapper as well); building each new parameter once keeps the sharing.
+    """
+    new: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                if id(param) not in new:
+                    new[id(param)] = nn.Parameter(torch.empty_like(param, device="cpu"), param.requires_grad)
+                module._parameters[name] = new[id(param)]
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[name] = torch.empty_like(buffer, device="cpu")
+    return model
 
 
 def _in_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:

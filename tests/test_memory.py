@@ -266,3 +266,20 @@ def test_real_size_shapes_estimate_offline(capsys):
     assert data["plan"]["precision"] == "bf16-true" and data["plan"]["optimizer"] == "paged_adamw_8bit"
     weights = data["components_bytes"]["weights"]
     assert 5.0 * GIB < weights < 6.0 * GIB  # 4-bit layers + bf16 embeddings and head + fp32 adapter
+
+
+def test_prompt_style_peft_on_tied_embeddings_is_estimated():
+    """Prompt tuning keeps the word embeddings in its wrapper too, which tied embeddings share with the output
+    layer (SmolLM2): the trace builds each shared weight once.
+    """
+    from lightft.peft import PrefixTuning, PromptTuning
+
+    with torch.device("meta"):
+        tied = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           vocab_size=512, tie_word_embeddings=True)  # fmt: skip
+    plan = Plan(batch_size=2, seq_len=32, accelerator="cpu")
+    for peft in (PromptTuning(num_virtual_tokens=4), PrefixTuning(num_virtual_tokens=4)):
+        with torch.device("meta"):
+            model = peft.apply(LlamaForCausalLM(tied))
+        result = estimate(model, plan)
+        assert result.components["activations"] > 0 and result.params["trainable"] > 0
