@@ -283,3 +283,12 @@ def test_prompt_style_peft_on_tied_embeddings_is_estimated():
             model = peft.apply(LlamaForCausalLM(tied))
         result = estimate(model, plan)
         assert result.components["activations"] > 0 and result.params["trainable"] > 0
+
+
+def test_estimate_json_is_the_whole_stdout_under_deepspeed():
+    """DeepSpeed announces its accelerator on stdout when imported; `--json` output must still parse."""
+    command = [sys.executable, "-m", "lightft.cli", "estimate", "--config", "configs/debug/tiny.yaml", "--config",
+               "configs/trainer/deepspeed_zero2.yaml", "--trainer.accelerator", "cpu", "--json"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["plan"]["strategy"] == "deepspeed"

@@ -6,6 +6,7 @@ Reads the same configs as `lightft fit` (recipe + trainer overlays), builds the 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import replace
 from typing import Any
@@ -139,12 +140,15 @@ def main(args: list[str]) -> None:
     """`lightft estimate [--config X.yaml ...] [--devices N] [--num_nodes M] [--json] [--gpu_memory GiB]`."""
     from lightft.commands.fit import ParseOnlyCLI
 
-    cli = ParseOnlyCLI(args, "estimate", add_arguments, __doc__)
-    options, trainer = cli.config, cli.config_init["trainer"]
-    for key in ("devices", "num_nodes"):
-        if options[key] is not None:
-            trainer[key] = options[key]
-    plan, model, quantization = plan_for(cli.model, cli.datamodule, trainer)
+    if any(word in ("-h", "--help") for word in args):
+        ParseOnlyCLI(args, "estimate", add_arguments, __doc__)  # prints the help and exits
+    with contextlib.redirect_stdout(sys.stderr):  # libraries' chatter (DeepSpeed's accelerator line): stdout is ours
+        cli = ParseOnlyCLI(args, "estimate", add_arguments, __doc__)
+        options, trainer = cli.config, cli.config_init["trainer"]
+        for key in ("devices", "num_nodes"):
+            if options[key] is not None:
+                trainer[key] = options[key]
+        plan, model, quantization = plan_for(cli.model, cli.datamodule, trainer)
     result = estimate(model, plan, quantization)
     print(result.to_json() if options.json else result.table())
     gpu_memory = options.gpu_memory
