@@ -117,13 +117,10 @@ class Preemption(pl.Callback):
 def requeues_on_slurm(trainer: pl.Trainer) -> bool:
     """Whether the run is under SLURM with auto-requeue (Lightning's `SLURMEnvironment`, `auto_requeue` on).
 
-    A parallel strategy carries the cluster environment Lightning chose, a `SLURMEnvironment` plugin's settings
-    included. A single-device strategy carries none: Lightning keeps the one it chose (the user's plugin, or the
-    detected one) on its accelerator connector only.
+    The environment Lightning chose (a user's plugin, or the detected one) is on its accelerator connector; parallel
+    strategies also carry it as `cluster_environment`, single-device ones do not (docs/design.md, private APIs).
     """
-    environment = getattr(trainer.strategy, "cluster_environment", None)
-    if environment is None:  # single device: no public attribute holds it (docs/design.md, private APIs)
-        environment = trainer._accelerator_connector.cluster_environment
+    environment = trainer._accelerator_connector.cluster_environment
     return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
 
 
