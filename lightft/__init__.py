@@ -10,8 +10,11 @@ import warnings
 # built-in kernels are used), peft calls a transformers method renamed in v5, Lightning uses a deprecated torch
 # pytree check, Lightning advertises a cloud logger at every start and warns about the empty validation loader that
 # SFTDataModule returns on purpose when no validation data is configured; bitsandbytes notes on every int8 matmul that
-# it computes in fp16.
+# it computes in fp16; torchao cannot load its CUDA-only kernel libraries on a CPU machine, and registers enums that
+# torch's pytree now supports natively.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").addFilter(lambda record: "register_constant()" not in str(record.msg))
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
