@@ -1,10 +1,11 @@
 """Lightft's commands, their one-line descriptions (`lightft --help`) and the dispatch of the non-Lightning ones.
 
 LightningCLI's `fit`, `validate`, `test` and `predict` live in `lightft.commands.fit`; `estimate`, `bench`, `doctor`,
-`export` and `generate` in their own modules.
+`export`, `quantize` and `generate` in their own modules.
 
-`export` and `generate` are typed by jsonargparse from their signatures; `estimate`, `bench` and `doctor` add their
-own typed options to `lightft fit`'s parser (`lightft.commands.fit.ParseOnlyCLI`) and read the same configs.
+`export`, `quantize` and `generate` are typed by jsonargparse from their signatures; `estimate`, `bench` and
+`doctor` add their own typed options to `lightft fit`'s parser (`lightft.commands.fit.ParseOnlyCLI`) and read the
+same configs.
 Nothing here imports `lightft.cli`: the console script imports the commands, never the other way round.
 """
 
@@ -21,6 +22,7 @@ EXTRA_COMMANDS = {
     "bench": "A matrix of short training runs: measured memory, speed and MFU beside the estimate.",
     "doctor": "A dry run: tokenizer, data, batches, compatibility and memory checks before training.",
     "export": "A training checkpoint -> a Hugging Face adapter or merged model, verified by reloading it.",
+    "quantize": "Post-training quantization (torchao, bitsandbytes) of a trained model, with a size/quality report.",
     "generate": "Generate from a base model, an adapter or an export: a quick look at what a model learned.",
 }
 COMMANDS = {**FIT_COMMANDS, **EXTRA_COMMANDS}
@@ -50,6 +52,8 @@ def run_command(name: str, args: list[str]) -> None:
 
     if name == "export":
         from lightft.commands.export import export as function
+    elif name == "quantize":
+        from lightft.commands.quantize import quantize as function
     else:
         from lightft.commands.generate import generate as function
     auto_cli(function, args=args, as_positional=False)

@@ -24,6 +24,7 @@ from lightft.errors import LightFTError
 from lightft.generation import GenerationSettings
 from lightft.generation import generate as generate_batch
 from lightft.models.loading import ModelSpec, load_model, load_tokenizer, resolve_device
+from lightft.quantization import ptq
 
 from .export import METADATA, load_exported
 
@@ -31,6 +32,8 @@ from .export import METADATA, load_exported
 def _load(
     model: str, gguf_file: str | None, adapter: str | None, device: torch.device, dtype: torch.dtype
 ) -> tuple[Any, Any]:
+    if ptq.scheme_of(model) is not None:  # a `lightft quantize` output
+        return ptq.load_quantized(model, device), load_tokenizer(ModelSpec(model), key="--model")
     if (Path(model) / METADATA).is_file():
         return load_exported(model, dtype, device)
     spec = ModelSpec(model, gguf_file=gguf_file, dtype=str(dtype).removeprefix("torch."))  # type: ignore[arg-type]
@@ -84,7 +87,7 @@ def generate(
     """Generate completions for prompts with a base model, base + adapter, or an exported model.
 
     Args:
-        model: Hub id, local directory, `package://NAME`, or a `lightft export` directory.
+        model: Hub id, local directory, `package://NAME`, a `lightft export` or a `lightft quantize` directory.
         prompt: A user message to answer (for several, use `prompts_file`).
         prompts_file: A dataset file (any lightft format); its trained turns are used as references.
         adapter: A peft adapter directory to apply to `model`.

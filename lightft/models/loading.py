@@ -259,13 +259,13 @@ def load_model(
     except (OSError, ValueError) as err:
         raise _load_error(key, path, err) from err
     if quantization_config is not None:
-        _keep_4bit_layout(model)
+        keep_4bit_layout(model)
     if tokenizer is not None:
         _fit_embeddings(model, tokenizer)
     return model
 
 
-def _keep_4bit_layout(model: PreTrainedModel) -> None:
+def keep_4bit_layout(model: PreTrainedModel) -> None:
     """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout.
 
     On CPUs with AVX512-BF16, a 4-bit layer used once in eval mode without gradients (a validation pass, a probe)
