@@ -101,8 +101,16 @@ def check_compatibility(module: Any, datamodule: Any = None, trainer: Any = None
             "gradient_checkpointing: false."
         )
     check = getattr(peft, "check", None)
+    qat = getattr(module, "qat", None)
+    if check is None and qat is None:
+        return
+    meta = meta_model(module.model_spec, key="model.init_args.model.path", head=module.describe().head)
     if check is not None:
-        check(meta_model(module.model_spec, key="model.init_args.model.path", head=module.describe().head))
+        check(meta)
+    if qat is not None:  # quantization-aware training: the scheme, the PEFT strategy, the group size
+        from lightft.quantization.qat import check as check_qat
+
+        check_qat(qat, peft, model=meta)
 
 
 # ---- docs/compatibility.md ----------------------------------------------------------------------------------------
@@ -179,8 +187,7 @@ def compatibility_markdown(methods: dict[str, Any]) -> str:
         "",
         "## Other checks",
         "",
-        "- FSDP (v1) on `accelerator: cpu` fails with: "
-        f"{strategy_conflict(first, lora, 'fsdp', None, 'cpu', None)}",
+        f"- FSDP (v1) on `accelerator: cpu` fails with: {strategy_conflict(first, lora, 'fsdp', None, 'cpu', None)}",
         "- Prompt-style strategies (virtual tokens) refuse `packing: true`; strategies that cannot recompute",
         "  activations refuse `gradient_checkpointing: true`; each PEFT strategy checks its target modules on a",
         "  meta-device copy of the model; methods check their data module (e.g. PPO needs `PromptDataModule`).",

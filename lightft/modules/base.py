@@ -1,8 +1,9 @@
 """LightFTModule: what every training method shares — the model's lifecycle and its optimisation.
 
-`configure_model` (idempotent, once per rank) loads the backbone -> quantizes (as the PEFT strategy asks) -> applies
-the PEFT strategy -> enables non-reentrant gradient checkpointing. Also: the LM log-probs every method's loss reads,
-the optimizer step's loss scaling, AdamW-family optimizers with warmup schedules and gradient-norm logging. What a
+`configure_model` (idempotent, once per rank) loads the backbone -> quantizes (as the PEFT strategy asks) ->
+fake-quantizes its linear layers (`qat:`) -> applies the PEFT strategy -> enables non-reentrant gradient
+checkpointing. Also: the LM log-probs every method's loss reads, the optimizer step's loss scaling, AdamW-family
+optimizers with warmup schedules and gradient-norm logging. What a
 checkpoint holds and how a resume continues exactly: `lightft.checkpoints.hooks`. What the method is (its data, its
 reference, its head): the class's `method` declaration (`lightft.modules.method`).
 """
@@ -33,6 +34,7 @@ from lightft.modules.method import Method
 from lightft.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, parameter_groups
 from lightft.peft.base import PEFTStrategy, apply_seeded, peft_summary
 from lightft.peft.lora import LoRA
+from lightft.quantization.schemes import QuantScheme
 from lightft.strategies import release_gathered
 
 MODEL_KEY = "model.init_args.model.path"
@@ -51,6 +53,10 @@ class LightFTModule(CheckpointHooks):
         scheduler: Learning-rate schedule (linear warmup, then linear/cosine decay or constant).
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
         compute: Chunked LM-head loss (default on), Liger kernels, activation offloading.
+        qat: Quantization-aware training: fake-quantize the linear layers' weights (and activations for
+            int8_dynamic) with the scheme of the intended export; `lightft quantize` / `lightft export` convert with
+            the same scheme (`lightft.quantization.qat`). Schemes: int8_weight_only, int4_weight_only,
+            intx_weight_only, int8_dynamic, symmetric, per_channel or per_group; not over a quantized base (QLoRA).
     """
 
     method: ClassVar[Method]
@@ -63,12 +69,14 @@ class LightFTModule(CheckpointHooks):
         scheduler: SchedulerConfig = SchedulerConfig(),
         gradient_checkpointing: bool = True,
         compute: ComputeSettings = ComputeSettings(),
+        qat: QuantScheme | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_spec, self.peft = model, concrete(peft)
         self.optimizer_config, self.scheduler_config = optimizer, scheduler
         self.gradient_checkpointing, self.compute = gradient_checkpointing, compute
+        self.qat = qat
         self._head_checked = False
         self.strict_loading = False  # checkpoints hold trainable weights only; `on_load_checkpoint` checks them
         self.model: nn.Module | None = None
@@ -123,7 +131,7 @@ class LightFTModule(CheckpointHooks):
             warn_mid_step_validation(trainer)
 
     def configure_model(self) -> None:
-        """Load -> quantize -> apply PEFT -> gradient checkpointing. Runs once; later calls do nothing."""
+        """Load -> quantize -> fake-quantize (qat) -> PEFT -> gradient checkpointing. Runs once, later calls do not."""
         if self.model is not None:
             return
         self.tokenizer = load_tokenizer(self.model_spec, key=MODEL_KEY)
@@ -141,18 +149,32 @@ class LightFTModule(CheckpointHooks):
             logger.log_metrics({f"peft/{k}": float(v) for k, v in self.peft_summary.items()}, step=0)
 
     def build_model(self, quantize: bool = True) -> nn.Module:
-        """A freshly loaded, PEFT-wrapped backbone (`quantize=False` loads an unquantized base, e.g. to merge)."""
+        """A freshly loaded, PEFT-wrapped backbone (`quantize=False` loads an unquantized base, e.g. to merge).
+
+        With `qat`, the base's linear layers are fake-quantized before the PEFT strategy wraps them (its adapters stay
+        float), whatever `quantize` says: the fake quantizers hold no weights (the state dict is the float model's),
+        and a model rebuilt to merge keeps them so that `lightft.quantization.qat.convert` can follow the merge.
+        """
         trainer = self.attached_trainer()
         precision = str(trainer.precision) if trainer is not None else self.trained_precision
         dtype = torch_dtype(self.model_spec, precision)
         quantization = self.peft.quantization_config(dtype) if quantize else None
         device_map = {"": self._load_device()} if quantization is not None else None
         base = load_model(
-            self.model_spec, self.tokenizer, precision, quantization, device_map, key=MODEL_KEY,
+            self.model_spec,
+            self.tokenizer,
+            precision,
+            quantization,
+            device_map,
+            key=MODEL_KEY,
             head=self.describe().head,
         )
         if self.compute.kernels == "liger":
             apply_liger(base)  # before PEFT: the adapters then sit inside Liger's MLP and attention
+        if self.qat is not None:
+            from lightft.quantization.qat import prepare  # imports torchao, only for QAT runs
+
+            prepare(base, self.qat)  # before PEFT, as torchtune's LoRA+QAT: the adapters stay float
         model = apply_seeded(self.peft, base)
         if self.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})

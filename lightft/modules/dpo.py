@@ -88,6 +88,10 @@ class DPOModule(LightFTModule):
             trainer = self.attached_trainer()
             precision = str(trainer.precision) if trainer is not None else self.trained_precision
             reference = load_model(self.model_spec, self.tokenizer, precision, key=MODEL_KEY)
+            if self.qat is not None:  # the reference the policy starts equal to: fake-quantized the same way
+                from lightft.quantization.qat import prepare
+
+                prepare(reference, self.qat)
             self.reference_model = reference.requires_grad_(False).train(self.model.training)
 
     # ---- log-probabilities --------------------------------------------------------------------------------------
