@@ -4,6 +4,7 @@ One training step = one rollout: sample responses to a batch of prompts -> score
 the reference (adapter disabled) and, for PPO, the value head -> advantages (PPO: per-token KL penalty in the reward,
 GAE over the critic's values; GRPO: group-relative scores of several samples per prompt, KL in the loss) -> several
 epochs of clipped updates over minibatches (manual optimisation). `trainer.max_steps` counts optimizer steps.
+GRPO's loss variants follow TRL's `loss_type` (`ppo.loss_type`: `bnpo`, the default, `grpo`, `dr_grpo`, `dapo`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from lightft.data.prompt_datamodule import PromptDataModule
 from lightft.errors import LightFTError
 from lightft.generation import GenerationSettings
 from lightft.losses.logprobs import masked_mean
-from lightft.losses.ppo import PPOLoss, kl_penalty
+from lightft.losses.ppo import DAPO_CLIP_RANGE_HIGH, LOSS_TYPES, LossType, PPOLoss, kl_penalty
 from lightft.models.loading import ModelSpec
 from lightft.modules.base import LightFTModule
 from lightft.modules.method import Method
@@ -45,6 +46,16 @@ class PPOSettings:
         lam: GAE's lambda.
         whiten_advantages: Normalise advantages to mean 0, std 1 over the rollout's response tokens (PPO).
         max_grad_norm: Clip the gradient norm before every optimizer step (None: no clipping).
+        loss_type: How the per-token policy loss (and GRPO's KL term) is reduced over a minibatch, named as TRL's
+            GRPO `loss_type`: `bnpo` (default, lightft's loss before loss types existed): the token mean over the
+            minibatch; `grpo`: each response's token mean, averaged over responses (length bias: a short response's
+            tokens weigh more); `dr_grpo` (Dr. GRPO): the token sum / (responses x `generation.max_new_tokens`), with
+            group advantages only mean-centred, not divided by the group's std; `dapo` (DAPO): the token mean over
+            the whole rollout, all ranks' (each minibatch normalised by the rollout's tokens times its share of the
+            rows), with clip-higher. PPO (`algorithm: ppo`) takes only `bnpo`.
+        clip_range_high: The ratio's upper clip: it is kept in [1 - clip_range, 1 + clip_range_high] (TRL's
+            `epsilon_high`; PPO and every loss type). None: `clip_range` (symmetric), except `dapo`: 0.28, DAPO's
+            clip-higher; `dapo` needs it above `clip_range`.
     """
 
     epochs: int = 4
@@ -56,6 +67,15 @@ class PPOSettings:
     lam: float = 0.95
     whiten_advantages: bool = True
     max_grad_norm: float | None = 1.0
+    loss_type: LossType = "bnpo"
+    clip_range_high: float | None = None
+
+    @property
+    def upper_clip(self) -> float:
+        """The clip above 1 of the ratio in effect: `clip_range_high`, else 0.28 for `dapo`, else `clip_range`."""
+        if self.clip_range_high is not None:
+            return self.clip_range_high
+        return DAPO_CLIP_RANGE_HIGH if self.loss_type == "dapo" else self.clip_range
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,8 @@ class PPOModule(LightFTModule):
         algorithm: `ppo` (value head, GAE, KL penalty in the reward) or `grpo` (group-relative advantages, KL in the
             loss, no critic).
         samples_per_prompt: Responses sampled per prompt (GRPO's group size; >= 2 for GRPO).
-        ppo: Epochs, minibatches, clipping, GAE and gradient clipping.
+        ppo: Epochs, minibatches, clipping (`clip_range_high`: asymmetric), GAE, gradient clipping, and GRPO's
+            `loss_type` (`bnpo`, `grpo`, `dr_grpo`, `dapo`).
         kl_controller: KL coefficient: `lightft.rl.FixedKLController` (default, 0.05) or `AdaptiveKLController`.
         kl_estimator: Per-token KL estimator: `k1` (log-ratio), `k2`, `k3` (unbiased, non-negative; GRPO's).
         shaping: Penalties, clipping and whitening applied to the scores.
@@ -122,13 +143,21 @@ class PPOModule(LightFTModule):
     ) -> None:
         super().__init__(model, **kwargs)
         _check_settings(self.peft, generation, algorithm, samples_per_prompt)
+        _check_loss(ppo, algorithm)
         self.automatic_optimization = False
         self.reward, self.generation = reward, generation
         self.algorithm, self.samples_per_prompt = algorithm, samples_per_prompt
         self.ppo, self.kl_estimator = ppo, kl_estimator
         self.kl_controller = kl_controller if kl_controller is not None else FixedKLController()
         self.shaping = shaping
-        self.loss = PPOLoss(ppo.clip_range, ppo.clip_range_value, ppo.vf_coef)
+        self.loss = PPOLoss(
+            ppo.clip_range,
+            ppo.clip_range_value,
+            ppo.vf_coef,
+            clip_range_high=ppo.upper_clip,
+            loss_type=ppo.loss_type,
+            max_length=generation.max_new_tokens,
+        )
         self.value_head: nn.Module | None = None
 
     def memory_plan(self, examples: int, seq_len: int, notes: list[str]) -> dict[str, Any]:
@@ -195,10 +224,11 @@ class PPOModule(LightFTModule):
 
     @torch.no_grad()
     def advantages(self, rollout: Rollout, old: Evaluation, kl: Tensor, scores: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(advantages (N, R), returns (N, R) or None for GRPO)."""
+        """(advantages (N, R), returns (N, R) or None for GRPO); `dr_grpo`'s group advantages are not std-scaled."""
         mask = rollout.response_mask
         if self.algorithm == "grpo":
-            per_sequence = group_advantages(scores, self.samples_per_prompt)  # (N,)
+            scale = self.ppo.loss_type != "dr_grpo"  # Dr. GRPO: the std division biases towards easy/hard prompts
+            per_sequence = group_advantages(scores, self.samples_per_prompt, scale=scale)  # (N,)
             return per_sequence[:, None].expand_as(mask) * mask, None
         rewards = -self.kl_controller.value * kl  # (N, R): KL penalty on every token, score on the last
         last = rollout.response_lengths - 1
@@ -232,12 +262,16 @@ class PPOModule(LightFTModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         size = self.ppo.mini_batch_size
         n = len(rollout.sequences)
+        tokens_per_row = rollout.response_mask.sum() / n  # `dapo`: a minibatch's share of the rollout's tokens
+        if self.ppo.loss_type == "dapo" and self.trainer.world_size > 1:  # TRL: of the rollouts of every rank
+            tokens_per_row = self.trainer.strategy.reduce(tokens_per_row, reduce_op="mean")
         stats: list[dict[str, Tensor]] = []
         for _ in range(self.ppo.epochs):
             stats = []
             for rows in torch.randperm(n, device=self.device).split(size):
                 part = _select(rollout, rows)
                 new = self.evaluate(part, with_values=returns is not None)
+                num_tokens = tokens_per_row * len(rows)
                 out = self.loss(
                     new.logprobs,
                     old.logprobs[rows],
@@ -246,9 +280,11 @@ class PPOModule(LightFTModule):
                     None if old.values is None else old.values[rows],
                     None if returns is None else returns[rows],
                     part.response_mask,
+                    num_tokens,
                 )
-                if self.algorithm == "grpo":  # KL to the reference as a loss term (k3: unbiased, >= 0)
-                    kl = masked_mean(kl_penalty(new.logprobs, reference[rows], self.kl_estimator), part.response_mask)
+                if self.algorithm == "grpo":  # KL to the reference as a loss term, aggregated as the policy term (TRL)
+                    per_token_kl = kl_penalty(new.logprobs, reference[rows], self.kl_estimator)
+                    kl = self.loss.aggregate(per_token_kl, part.response_mask, num_tokens)
                     out["loss"] = out["loss"] + self.kl_controller.value * kl
                 optimizer.zero_grad()
                 self.manual_backward(out["loss"])
@@ -311,6 +347,23 @@ def _check_settings(peft: Any, generation: GenerationSettings, algorithm: str, s
         raise LightFTError(f"{KEY}.samples_per_prompt: GRPO compares samples of a prompt; set it to 2 or more.")
     if samples_per_prompt < 1:
         raise LightFTError(f"{KEY}.samples_per_prompt: must be >= 1.")
+
+
+def _check_loss(ppo: PPOSettings, algorithm: str) -> None:
+    key = f"{KEY}.ppo"
+    if ppo.loss_type not in LOSS_TYPES:
+        raise LightFTError(f"{key}.loss_type: unknown loss type {ppo.loss_type!r}; use one of {', '.join(LOSS_TYPES)}.")
+    if algorithm == "ppo" and ppo.loss_type != "bnpo":
+        raise LightFTError(
+            f"{key}.loss_type: {ppo.loss_type} is a GRPO loss type; set algorithm: grpo, or drop loss_type for PPO."
+        )
+    if ppo.clip_range_high is not None and ppo.clip_range_high <= 0:
+        raise LightFTError(f"{key}.clip_range_high: must be > 0 (or null for a symmetric clip).")
+    if ppo.loss_type == "dapo" and ppo.upper_clip <= ppo.clip_range:
+        raise LightFTError(
+            f"{key}.clip_range_high: dapo clips higher, so it must be above clip_range ({ppo.clip_range}), "
+            f"got {ppo.upper_clip}; set it, e.g. {DAPO_CLIP_RANGE_HIGH} with clip_range 0.2."
+        )
 
 
 def _select(rollout: Rollout, rows: Tensor) -> Rollout:

@@ -50,7 +50,9 @@ def whiten_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
 def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
     """Group-relative advantages, GRPO (Shao et al. 2024), https://arxiv.org/abs/2402.03300.
 
-    A_i = (r_i - mean(group)) / (std(group) + eps), std unbiased as in DeepSeekMath; without `scale`, r_i - mean.
+    A_i = (r_i - mean(group)) / (std(group) + eps), std unbiased as in DeepSeekMath (and TRL's `scale_rewards="group"`);
+    without `scale`, r_i - mean, as in Dr. GRPO (Liu et al. 2025, https://arxiv.org/abs/2503.20783), which drops the
+    std division because it up-weights prompts nearly always or nearly never solved (TRL's `scale_rewards="none"`).
 
     Args:
         rewards: (N,) one scalar reward per completion, laid out as N / group_size consecutive groups of completions
