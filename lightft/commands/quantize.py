@@ -89,8 +89,14 @@ def _val_data(
     spec = DatasetSpec(data) if data else run_val_spec(source.run)
     if spec is None:
         return None
-    key = "--data" if data else "data.init_args.val"
-    return ValData.load(spec, key, source.tokenizer, max_length, examples, prompts, extra=calibration)
+    if data:
+        return ValData.load(spec, "--data", source.tokenizer, max_length, examples, prompts, extra=calibration)
+    try:
+        return ValData.load(spec, "data.init_args.val", source.tokenizer, max_length, examples, prompts, calibration)
+    except LightFTError as err:  # e.g. a DPO run's preference pairs: not examples with one answer
+        print(f"note: the run's validation split cannot be read as SFT data ({err}); give --data FILE for "
+              "validation loss and greedy answers", flush=True)  # fmt: skip
+        return None
 
 
 def _quantize(
@@ -135,6 +141,7 @@ def quantize(
     granularity: Granularity | None = None,
     group_size: int = 32,
     bits: int = 8,
+    keep_float: list[str] | None = None,
     calibration: Calibration = Calibration(),  # noqa: B008
     data: str | None = None,
     eval_examples: int = 64,
@@ -159,6 +166,8 @@ def quantize(
             fewer, else per_channel).
         group_size: Input features per scale with per_group; must divide every quantized layer's input size.
         bits: Weight bits of intx_weight_only and int8_dynamic (2..8).
+        keep_float: Layers left in float: regular expressions searched in the layer names, e.g. `mlp.down_proj`
+            (the layers whose inputs carry outlier features, which per-tensor int8_static cannot hold).
         calibration: int8_static's calibration pass: observer, histogram method, examples.
         data: Validation data (any lightft format) for the report and calibration; default: the run's
             `data.init_args.val` (read from the run's config.yaml beside the checkpoint).
@@ -173,7 +182,8 @@ def quantize(
     target = Path(out)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise LightFTError(f"--out: '{target}' exists and is not empty; choose another directory or --overwrite true.")
-    knobs = {"mapping": mapping, "granularity": granularity, "group_size": group_size, "bits": bits}
+    knobs = {"mapping": mapping, "granularity": granularity, "group_size": group_size, "bits": bits,
+             "keep_float": tuple(keep_float or ())}  # fmt: skip
     if scheme is not None:
         QuantScheme(scheme, **knobs)  # an unknown name or knob fails before any weight loads
     where = resolve_device(device)[0]
@@ -182,6 +192,11 @@ def quantize(
     chosen.check(source.network, "--group_size")
     extra = calibration.examples if chosen.scheme == "int8_static" else 0
     val = _val_data(source, data, max_length, eval_examples, prompts, extra)
+    if val is not None and source.head != "causal_lm":  # a reward model has scores, not next-token logits
+        if chosen.scheme == "int8_static":
+            raise LightFTError("--scheme: int8_static calibrates causal LMs; quantize a reward model weight-only.")
+        print("note: a reward model: the report gives sizes only (no language-model loss or generation)", flush=True)
+        val = None
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -26,7 +26,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from lightft.errors import LightFTError
 from lightft.models.loading import AUTO_CLASSES, keep_4bit_layout, savable
-from lightft.quantization.schemes import QuantScheme, linear_filter
+from lightft.quantization.schemes import QuantScheme, quantizable_linears
 
 RECORD = "lightft.json"  # the same metadata file `lightft export` writes; its `quantization` key marks this kind
 
@@ -62,7 +62,7 @@ def quantize_torchao(model: nn.Module, scheme: QuantScheme, act_qparams: dict[st
     from torchao.quantization import quantize_
 
     if scheme.scheme != "int8_static":
-        quantize_(model, scheme.torchao_config(), filter_fn=linear_filter)
+        quantize_(model, scheme.torchao_config(), filter_fn=scheme.filter_fn)
         return model
     from lightft.quantization.static import quantize_static
 
@@ -73,6 +73,11 @@ def quantize_torchao(model: nn.Module, scheme: QuantScheme, act_qparams: dict[st
 def quantize_bitsandbytes(float_dir: Path, scheme: QuantScheme, head: str, device: torch.device) -> PreTrainedModel:
     """Load a saved float model quantized by bitsandbytes (NF4 / FP4 / LLM.int8)."""
     config = scheme.bitsandbytes_config(torch.float32 if device.type == "cpu" else torch.bfloat16)
+    if scheme.keep_float:
+        model = AUTO_CLASSES[head].from_pretrained(float_dir, dtype=torch.float32)
+        # bitsandbytes skips modules by name: the full names of the layers `keep_float` matches
+        config.llm_int8_skip_modules = [n for n, _ in quantizable_linears(model) if scheme.kept_float(n)] + ["lm_head"]
+        del model
     model = AUTO_CLASSES[head].from_pretrained(
         float_dir, quantization_config=config, device_map={"": str(device)}, dtype=torch.float32
     )
@@ -91,9 +96,10 @@ def forget_gguf(model: PreTrainedModel) -> PreTrainedModel:
     (its weights are float), which blocks `save_pretrained`; unlike `savable` it keeps the modules (e.g. a QAT run's
     fake-quantized layers).
     """  # noqa: D205
-    if quantized_with(model) is None and getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-        model.hf_quantizer = None
+    if quantized_with(model) is None:
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+        model.hf_quantizer, model.is_quantized = None, False
     return model
 
 
@@ -183,8 +189,6 @@ def stored_dtypes(model: nn.Module) -> dict[str, str]:
     """The dtype each quantizable layer's weight is really stored in (a torchao tensor's `qdata`, a bitsandbytes
     parameter's packed bytes), by layer name: what the tests check is not a float copy.
     """  # noqa: D205
-    from lightft.quantization.schemes import quantizable_linears
-
     out = {}
     for name, layer in quantizable_linears(model):
         weight = layer.weight

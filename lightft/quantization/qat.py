@@ -12,7 +12,7 @@ fake-quantized base.
 (`lightft quantize`) of the same float weights uses: it swaps every `FakeQuantizedLinear` back to `nn.Linear` and
 quantizes it. To export one model, merge the adapter first (`peft.merge(model)`: the base layers that peft hands
 back are the fake-quantized ones), then `convert`; the result equals `quantize_(merged_float_model,
-scheme.torchao_config(), filter_fn=linear_filter)` exactly. Converting an unmerged model quantizes the base and
+scheme.torchao_config(), filter_fn=scheme.filter_fn)` exactly. Converting an unmerged model quantizes the base and
 leaves the adapter float, which is what training simulated (strategies that cannot merge: prompt tuning, the
 bottleneck adapter). LoRA training simulates Q(W) x + B A x while the merged export computes Q(W + B A) x: the
 adapter is not trained through the quantizer (torchtune's recipe has the same gap; full fine-tuning has none).
@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from lightft.errors import LightFTError
-from lightft.quantization.schemes import QAT_SCHEMES, QuantScheme, linear_filter, quantizable_linears
+from lightft.quantization.schemes import QAT_SCHEMES, QuantScheme, linear_filter
 
 KEY = "model.init_args.qat"
 
@@ -97,7 +97,7 @@ def prepare(model: nn.Module, scheme: QuantScheme, key: str = KEY) -> nn.Module:
     from torchao.quantization.qat import FakeQuantizedLinear, QATConfig
     from transformers.initialization import no_init_weights
 
-    layers = [(n, m) for n, m in quantizable_linears(model) if not isinstance(m, FakeQuantizedLinear)]
+    layers = [(n, m) for n, m in scheme.layers(model) if not isinstance(m, FakeQuantizedLinear)]
     for name, layer in layers:
         if type(layer.weight) is not nn.Parameter or not layer.weight.is_floating_point():
             raise LightFTError(
@@ -122,7 +122,7 @@ def convert(model: nn.Module, scheme: QuantScheme, key: str = KEY) -> nn.Module:
     """Quantize, in place, every fake-quantized layer with `scheme` (torchao's QAT convert step); returns `model`.
 
     Merge an adapter first (`peft.merge(model)`) to export one quantized model; see the module docstring. The result
-    is what `quantize_(model, scheme.torchao_config(), filter_fn=linear_filter)` gives for the same float weights.
+    is what `quantize_(model, scheme.torchao_config(), filter_fn=scheme.filter_fn)` gives for the same float weights.
 
     Raises:
         LightFTError: `model` has no fake-quantized layer (it was not prepared: quantize it post-training instead).

@@ -18,6 +18,7 @@ its QAT `QATConfig(prepare/convert)` and transformers' `TorchAoConfig` all read 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,6 +56,8 @@ class QuantScheme:
         group_size: Input features sharing a scale with `per_group`; must divide every quantized layer's input size.
         bits: Weight bits of `intx_weight_only` and `int8_dynamic` (2..8); `int4_weight_only` is 4 and
             `int8_weight_only` 8.
+        keep_float: Layers to leave in float, as regular expressions searched in the layer names (e.g.
+            `mlp.down_proj`, `layers.11.mlp`): the layers whose inputs carry an LLM's outlier features.
     """
 
     scheme: SchemeName = "int8_weight_only"
@@ -62,8 +65,15 @@ class QuantScheme:
     granularity: Granularity | None = None
     group_size: int = 32
     bits: int = 8
+    keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))  # a list from a config or the command line
+        for pattern in self.keep_float:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise LightFTError(f"--keep_float: '{pattern}' is not a regular expression ({err}); fix it.") from err
         if self.scheme not in SchemeName.__args__:  # type: ignore[attr-defined]
             raise LightFTError(
                 f"--scheme: unknown scheme '{self.scheme}'; choose one of {', '.join(SchemeName.__args__)}."  # type: ignore[attr-defined]
@@ -128,7 +138,8 @@ class QuantScheme:
         granularity = self.resolved_granularity
         group = f"({self.group_size})" if granularity == "per_group" else ""
         bits = f"/int{self.weight_bits}" if self.scheme in ("intx_weight_only", "int8_dynamic") else ""
-        return f"{self.scheme}{bits}/{self.mapping}/{granularity}{group}"
+        kept = f", float: {'|'.join(self.keep_float)}" if self.keep_float else ""
+        return f"{self.scheme}{bits}/{self.mapping}/{granularity}{group}{kept}"
 
     def weight_granularity(self) -> Any:
         """Torchao's granularity object for the weights (`PerTensor`, `PerAxis(0)` or `PerGroup(group_size)`)."""
@@ -191,11 +202,25 @@ class QuantScheme:
             )
         raise LightFTError(f"--scheme: {self.scheme} is a torchao scheme; it has no bitsandbytes config.")
 
+    def layers(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
+        """The linear layers this scheme quantizes: `quantizable_linears` but those `keep_float` names."""
+        return [(name, layer) for name, layer in quantizable_linears(model) if not self.kept_float(name)]
+
+    def kept_float(self, name: str) -> bool:
+        """Whether `keep_float` leaves the layer `name` in float."""
+        return any(re.search(pattern, name) for pattern in self.keep_float)
+
+    def filter_fn(self, module: nn.Module, fqn: str) -> bool:
+        """`quantize_`'s `filter_fn`: the layers `layers` yields."""
+        return linear_filter(module, fqn) and not self.kept_float(fqn)
+
     def check(self, model: nn.Module, key: str = "--group_size") -> None:
         """Refuse, in one line naming `key`, a group size that does not divide a quantized layer's input features."""
+        if self.keep_float and not self.layers(model):
+            raise LightFTError(f"--keep_float: {list(self.keep_float)} matches every layer; nothing left to quantize.")
         if self.library != "torchao" or self.resolved_granularity != "per_group":
             return
-        for name, layer in quantizable_linears(model):
+        for name, layer in self.layers(model):
             if layer.in_features % self.group_size:
                 divisors = [g for g in (256, 128, 64, 32, 16, 8) if layer.in_features % g == 0]
                 hint = f" such as {divisors[0]}" if divisors else ""

@@ -21,7 +21,7 @@ from torch import nn
 
 from lightft.errors import LightFTError
 from lightft.quantization.observers import Calibration, Observer, make_observer
-from lightft.quantization.schemes import QuantScheme, quantizable_linears
+from lightft.quantization.schemes import QuantScheme
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def calibrate(
         raise LightFTError(f"--scheme: calibration measures int8_static's activation ranges; {scheme.scheme} "
                            "quantizes activations at run time (or not at all), so drop the calibration.")  # fmt: skip
     symmetric = scheme.mapping == "symmetric"
-    layers = dict(quantizable_linears(model))
+    layers = dict(scheme.layers(model))
     observers = {name: make_observer(calibration, symmetric) for name in layers}
     mask = _Mask()
     handles = [
@@ -194,7 +194,7 @@ def quantize_static(model: nn.Module, scheme: QuantScheme, qparams: QParams) -> 
         raise LightFTError(f"--scheme: quantize_static applies int8_static, not {scheme.scheme}.")
     if not qparams:
         raise LightFTError("--calibration: int8_static needs calibrated activation ranges; none were measured.")
-    for name, layer in quantizable_linears(model):
+    for name, layer in scheme.layers(model):
         if name in qparams:
             scale, zero_point = qparams[name]
             quantize_(layer, static_config(scheme, scale, zero_point), filter_fn=lambda module, fqn: True)

@@ -95,8 +95,8 @@ def _untouched(target):
     [
         (["--scheme", "int4_weight_only", "--group_size", "48"], "--group_size: 48 does not divide"),
         (["--scheme", "int8_static", "--data", "EMPTY"], "empty.jsonl: the file holds no records"),
-        (["--scheme", "int8_static", "--calibration.observer", "kl"], "calibration.observer"),
-        (["--scheme", "int3"], "scheme"),
+        (["--scheme", "int8_static", "--calibration.observer", "kl"], "--calibration.observer: 'kl' is not one of"),
+        (["--scheme", "int3"], "--scheme: 'int3' is not one of int8_weight_only"),
         (["--scheme", "int8_weight_only", "--model", "QUANTIZED"], "is already quantized"),
     ],
 )
@@ -104,6 +104,7 @@ def test_bad_input_is_one_line_and_leaves_out_untouched(tmp_path, run, capsys, a
     quantized = tmp_path / "quantized"
     if "QUANTIZED" in args:
         quantize(str(quantized), ckpt=str(run / "checkpoints" / "last.ckpt"), prompts=0, eval_examples=2)
+        capsys.readouterr()  # its progress bars
         args = [a.replace("QUANTIZED", str(quantized)) for a in args]
     else:
         args = ["--ckpt", str(run / "checkpoints" / "last.ckpt"), *args]
@@ -116,7 +117,7 @@ def test_bad_input_is_one_line_and_leaves_out_untouched(tmp_path, run, capsys, a
         main(["quantize", *args, "--out", str(target), "--overwrite", "true", "--prompts", "0"])
     assert exit_.value.code != 0
     err = capsys.readouterr().err
-    assert __import__("re").search(message, err), err
+    assert __import__("re").search(message, err) and len(err.strip().splitlines()) == 1, err
     assert _untouched(target)
     assert not list(tmp_path.glob(".out.partial-*"))
 
@@ -128,3 +129,15 @@ def test_a_non_empty_out_is_refused_without_overwrite(tmp_path, run, capsys):
     with pytest.raises(SystemExit):
         main(["quantize", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(target)])
     assert "--out:" in capsys.readouterr().err and _untouched(target)
+
+
+def test_a_run_whose_validation_split_is_preference_pairs_gets_a_size_only_report(tmp_path, run, capsys):
+    import shutil
+
+    pairs = next((QUICKSTART.parent / "preference").glob("*val*.jsonl"))
+    copy = tmp_path / "dpo-run"
+    shutil.copytree(run / "checkpoints", copy / "checkpoints")
+    (copy / "config.yaml").write_text(yaml.safe_dump({"data": {"init_args": {"val": str(pairs)}}}))
+    report = quantize(str(tmp_path / "q"), ckpt=str(copy / "checkpoints" / "last.ckpt"))
+    assert "give --data FILE for validation loss" in capsys.readouterr().out
+    assert report["float"]["loss"] is None and report["size_mb"]["quantized"] < report["size_mb"]["float"]

@@ -149,3 +149,18 @@ def test_quantizing_an_already_quantized_model_is_refused(tiny_model):
     ptq.quantize_torchao(tiny_model, QuantScheme("int8_weight_only"))
     with pytest.raises(LightFTError, match="--model: 'x' is already quantized \\(torchao\\)"):
         ptq.refuse_quantized(tiny_model, "--model", "x")
+
+
+def test_keep_float_leaves_the_named_layers_float_in_every_library(tmp_path, float_dir, tiny_model):
+    for name in ("int8_weight_only", "nf4"):
+        scheme = QuantScheme(name, keep_float=("mlp.down_proj",))
+        model = quantized(float_dir, scheme)
+        dtypes = ptq.stored_dtypes(model)
+        assert {d for n, d in dtypes.items() if "down_proj" in n} == {"float32"}
+        assert {d for n, d in dtypes.items() if "down_proj" not in n} == {SCHEMES[name]}
+        ptq.save_quantized(model, scheme, tmp_path / name, {"head": "causal_lm"})
+        assert ptq.stored_dtypes(ptq.load_quantized(tmp_path / name)) == dtypes
+    with pytest.raises(LightFTError, match="--keep_float: '\\(' is not a regular expression"):
+        QuantScheme(keep_float=("(",))
+    with pytest.raises(LightFTError, match="--keep_float: \\['layers'\\] matches every layer"):
+        QuantScheme(keep_float=("layers",)).check(tiny_model)

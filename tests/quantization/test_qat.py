@@ -290,7 +290,7 @@ def test_print_config_shows_qat(capsys, config):
         main(["fit", "--config", path, "--model.init_args.qat.scheme", "int4_weight_only", "--print_config"])
     qat = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["qat"]
     assert qat == {"scheme": "int4_weight_only", "mapping": "symmetric", "granularity": None, "group_size": 32,
-                   "bits": 8}  # fmt: skip
+                   "bits": 8, "keep_float": []}  # fmt: skip
     with pytest.raises(SystemExit):
         main(["fit", "--config", path, "--print_config"])
     assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["qat"] is None

@@ -175,3 +175,13 @@ def test_real_tokens_follows_the_mask_on_batched_and_flattened_inputs():
     assert real_tokens(x, None) is x
     other = torch.zeros(5, 2)  # not one row per token: observed whole
     assert real_tokens(other, mask) is other
+
+
+def test_keep_float_layers_are_neither_calibrated_nor_quantized(tiny_model):
+    scheme = QuantScheme("int8_static", keep_float=("mlp.down_proj",))
+    qparams = calibrate(tiny_model, [token_batch(2, 8)], Calibration(examples=2), scheme)
+    assert sorted(qparams) == sorted(n for n, _ in quantizable_linears(tiny_model) if "down_proj" not in n)
+    quantize_static(tiny_model, scheme, qparams)
+    layers = dict(quantizable_linears(tiny_model))
+    assert not hasattr(layers["model.layers.0.mlp.down_proj"].weight, "qdata")
+    assert layers["model.layers.0.mlp.up_proj"].weight.qdata.dtype == torch.int8
