@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             raise LightFTError(f"unknown command '{words[0]}'; choose one of {', '.join(COMMANDS)} (lightft --help).")
     except ArgumentError as err:
-        print(f"lightft: error: {config_error(str(err))}", file=sys.stderr)
+        message = config_error(str(err))
+        if words[0] in EXTRA_COMMANDS and re.match(r"[\w.]+: ", message):  # a command's own option: --name
+            message = f"--{message}"
+        print(f"lightft: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as err:
         user_error = _find_user_error(err) or _unsafe_checkpoint(err, words)
@@ -134,7 +137,17 @@ def config_error(message: str) -> str:
     where = f"{keys[0]}: " if keys else ""
     owner = f" ({classes[0]})" if classes else ""
     detail = details[0].removeprefix("- ") if details else lines[-1] if lines else "invalid configuration"
+    detail = _literal(detail, lines) or detail
     return f"{where}{detail}{owner}; see --help or --print_config for the valid keys and types."
+
+
+def _literal(detail: str, lines: list[str]) -> str | None:
+    """'X' is not one of a, b, c: a value outside a `Literal`'s choices, said plainly."""
+    choices = re.search(r"Expected a typing\.Literal\[(.*?)\]", detail)
+    given = [m.group(1) for line in lines if (m := re.search(r"(?:Given value|Got value): (.+)$", line))]
+    if choices is None or not given:
+        return None
+    return f"'{given[0]}' is not one of {choices.group(1).replace(chr(39), '')}"
 
 
 if __name__ == "__main__":

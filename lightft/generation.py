@@ -42,6 +42,7 @@ class GenerationSettings:
             repetition_penalty=self.repetition_penalty,
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
             **sampling,
         )
 
@@ -56,7 +57,5 @@ def generate(
 ) -> list[str]:
     """Completions (special tokens stripped) for a left-padded batch of prompts."""
     config = settings.config(tokenizer, getattr(model, "generation_config", None))
-    output = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, generation_config=config, use_cache=True
-    )
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
     return tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)

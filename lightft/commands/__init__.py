@@ -56,4 +56,4 @@ def run_command(name: str, args: list[str]) -> None:
         from lightft.commands.quantize import quantize as function
     else:
         from lightft.commands.generate import generate as function
-    auto_cli(function, args=args, as_positional=False)
+    auto_cli(function, args=args, as_positional=False, exit_on_error=False)  # errors: one line (lightft.cli)
