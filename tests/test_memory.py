@@ -292,3 +292,18 @@ def test_estimate_json_is_the_whole_stdout_under_deepspeed():
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["plan"]["strategy"] == "deepspeed"
+
+
+def test_qat_adds_what_its_fake_quantizers_save_for_backward(capsys):
+    config = str(ROOT / "configs" / "debug" / "tiny.yaml")
+    activations = {}
+    for scheme in (None, "int4_weight_only", "int8_dynamic"):
+        estimate_main(["--config", config, "--json", *(["--model.init_args.qat.scheme", scheme] if scheme else [])])
+        report = json.loads(capsys.readouterr().out)
+        activations[scheme] = report["components_bytes"]["activations"]
+        assert (scheme is None) != any(note.startswith(f"qat: {scheme}") for note in report["plan"]["notes"])
+    # int4 weight-only: one fake-quantized copy of the quantized weights (2 layers x 36,864 fp32 values, give or take
+    # the layers whose rounded weight autograd does not keep); int8 dynamic: also a quantized copy of each input
+    weights = 2 * 36_864 * 4
+    assert 0.5 * weights <= activations["int4_weight_only"] - activations[None] <= 1.5 * weights
+    assert activations["int8_dynamic"] - activations[None] > 2 * weights

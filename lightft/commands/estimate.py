@@ -79,6 +79,11 @@ def plan_for(module: Any, data: Any, trainer: dict[str, Any]) -> tuple[Plan, Any
     dtype = torch_dtype(module.model_spec, precision)
     quantization = module.peft.quantization_config(dtype) if hasattr(module.peft, "quantization_config") else None
     model = meta_model(module.model_spec, key="model.init_args.model.path", head=method.head).to(dtype)
+    if getattr(module, "qat", None) is not None:  # the trace then counts what the fake quantizers save for backward
+        from lightft.quantization.qat import prepare
+
+        prepare(model, module.qat)
+        notes.append(f"qat: {module.qat.label()} (fake-quantized weights and inputs saved for backward)")
     model = apply_seeded(module.peft, model)
     if precision.endswith("-true") and dtype != torch.float32:
         model = model.to(dtype)  # Lightning's `*-true` precision casts every weight, adapters included, at setup
