@@ -191,5 +191,8 @@ def compatibility_markdown(methods: dict[str, Any]) -> str:
         "- Prompt-style strategies (virtual tokens) refuse `packing: true`; strategies that cannot recompute",
         "  activations refuse `gradient_checkpointing: true`; each PEFT strategy checks its target modules on a",
         "  meta-device copy of the model; methods check their data module (e.g. PPO needs `PromptDataModule`).",
+        "- `qat:` (quantization-aware training, any method) refuses a quantized base (QLoRA, LoRA8bit: fake",
+        "  quantization needs the float weights), schemes torchao cannot fake-quantize (`int8_static`, NF4/FP4,",
+        "  LLM.int8), affine or per-tensor weights, and a group size that does not divide a quantized layer.",
     ]
     return "\n".join(lines) + "\n"
