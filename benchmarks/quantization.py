@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -31,12 +32,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from lightft.commands.quantize import FloatModel, _load_float  # noqa: E402
+from lightft.commands.quantize import FloatModel, load_float, quantize_float  # noqa: E402
 from lightft.quantization import ptq  # noqa: E402
 from lightft.quantization.observers import Calibration  # noqa: E402
 from lightft.quantization.report import ValData, evaluate, run_val_spec  # noqa: E402
 from lightft.quantization.schemes import QuantScheme  # noqa: E402
-from lightft.quantization.static import calibrate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PTQ = {  # row name -> (scheme, calibration)
@@ -99,23 +99,12 @@ def quantized_row(
     val: ValData,
     out: Path,
     args: argparse.Namespace,
-    convert: bool = False,
 ) -> dict[str, Any]:
-    """Quantize a copy of the float model, save it, reload it, evaluate it."""
+    """Quantize a copy of the float model as `lightft quantize` does, save it, reload it, evaluate it."""
     start = time.perf_counter()
-    if scheme.library == "bitsandbytes":
-        network = ptq.quantize_bitsandbytes(args.runs / "float-merged", scheme, "causal_lm", torch.device("cpu"))
-    elif convert:
-        from lightft.quantization import qat
-
-        network = qat.convert(copy.deepcopy(source.network), scheme)
-    else:
-        network = copy.deepcopy(source.network)
-        qparams = None
-        if calibration is not None:
-            batches, _ = val.calibration_batches(4, calibration.examples)
-            qparams = calibrate(network, batches, calibration, scheme, key="--calibration.examples")
-        ptq.quantize_torchao(network, scheme, qparams)
+    copy_ = dataclasses.replace(source, network=copy.deepcopy(source.network))
+    settings = calibration or Calibration(examples=args.calibration_examples)
+    network = quantize_float(copy_, scheme, settings, val, args.runs / "float-merged", torch.device("cpu"))
     ptq.save_quantized(network, scheme, out, {"source": source.source, "head": "causal_lm"})
     seconds = time.perf_counter() - start
     reloaded = ptq.load_quantized(out)
@@ -139,9 +128,9 @@ def gguf_row(source: FloatModel, quant: str, val: ValData, out: Path, args: argp
 
 def qat_row(args: argparse.Namespace, run: str, val: ValData) -> dict[str, Any]:
     """Train the recipe with `qat:` (reused when done), convert with its scheme, evaluate."""
-    source = _load_float(None, str(fit(args.runs, run, QAT_FLAGS[run], args.tiny)), None, torch.device("cpu"))
+    source = load_float(None, str(fit(args.runs, run, QAT_FLAGS[run], args.tiny)), None, torch.device("cpu"))
     assert source.qat is not None
-    return quantized_row(source, source.qat, None, val, args.runs / run / "quantized", args, True)
+    return quantized_row(source, source.qat, None, val, args.runs / run / "quantized", args)
 
 
 def cached(args: argparse.Namespace, name: str, measure_row: Any) -> dict[str, Any]:
@@ -154,6 +143,37 @@ def cached(args: argparse.Namespace, name: str, measure_row: Any) -> dict[str, A
     path.write_text(json.dumps(row, indent=2))
     print(name, {k: v for k, v in row.items() if k != "completions"}, flush=True)
     return row
+
+
+@torch.no_grad()
+def activation_outliers(network: Any, val: ValData, top: int = 3) -> dict[str, Any]:
+    """Why one int8 scale per activation tensor fails: per quantized layer, max |x| over its inputs and the ratio to
+    their 99.9th percentile, on the evaluated validation examples (real tokens only).
+    """  # noqa: D205
+    from lightft.quantization.schemes import quantizable_linears
+    from lightft.quantization.static import real_tokens
+
+    seen: dict[str, list[torch.Tensor]] = {}
+    mask: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        return lambda module, args: seen.setdefault(name, []).append(real_tokens(args[0], mask["now"]).abs().flatten())
+
+    hooks = [layer.register_forward_pre_hook(hook(name)) for name, layer in quantizable_linears(network)]
+    try:
+        for batch in val.batches(4):
+            mask["now"] = batch.attention_mask.bool()
+            network(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    ratios = {}
+    for name, values in seen.items():
+        x = torch.cat(values)
+        ratios[name] = (x.max().item(), x.max().item() / torch.quantile(x[:: max(1, x.numel() // 2**24)], 0.999).item())
+    worst = sorted(ratios, key=lambda n: -ratios[n][1])[:top]
+    median = float(torch.tensor([r for _, r in ratios.values()]).median())
+    return {"layers": len(ratios), "median_max_over_p99.9": median, "worst": {n: ratios[n] for n in worst}}
 
 
 def markdown(rows: dict[str, dict[str, Any]], reference: list[str]) -> str:
@@ -185,7 +205,7 @@ def main() -> None:
     torch.manual_seed(0)
     args.runs.mkdir(parents=True, exist_ok=True)
     ckpt = fit(args.runs, "float", [], args.tiny)
-    source = _load_float(None, str(ckpt), None, torch.device("cpu"))
+    source = load_float(None, str(ckpt), None, torch.device("cpu"))
     spec = run_val_spec(ckpt)
     assert spec is not None, f"{ckpt}'s run config names no validation split"
     val = ValData.load(spec, "data.init_args.val", source.tokenizer, 512, args.eval_examples, args.prompts,
@@ -210,6 +230,10 @@ def main() -> None:
         if name in wanted:
             rows[name] = cached(args, name, lambda: qat_row(args, run, val))  # noqa: B023
     table = markdown(rows, base["completions"])
+    outliers = activation_outliers(source.network.eval(), val)
+    table += "\n\nInputs of the quantized layers (float model, evaluated examples): max |x| / 99.9th percentile, "
+    table += f"median over {outliers['layers']} layers {outliers['median_max_over_p99.9']:.1f}; largest: "
+    table += "; ".join(f"{n} max {m:.0f}, ratio {r:.0f}" for n, (m, r) in outliers["worst"].items())
     print(table)
     (args.runs / "results.json").write_text(json.dumps(rows, indent=2))
     (args.runs / "results.md").write_text(table + "\n")

@@ -10,6 +10,7 @@ float model. A checkpoint trained with `qat:` converts its fake-quantized layers
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from lightft.quantization.observers import Calibration
 from lightft.quantization.report import Evaluation, ValData, agreement, evaluate, run_val_spec, table
 from lightft.quantization.schemes import Granularity, Mapping, QuantScheme, SchemeName
 
-from .export import METADATA, load_exported, load_trained
+from .export import METADATA, _probe, load_exported, load_trained
 
 REPORT = "quantization.json"
 
@@ -44,7 +45,10 @@ class FloatModel:
     run: str | None  # a checkpoint whose run config names the validation split
 
 
-def _load_float(model: str | None, ckpt: str | None, gguf_file: str | None, device: torch.device) -> FloatModel:
+def load_float(model: str | None, ckpt: str | None, gguf_file: str | None, device: torch.device) -> FloatModel:
+    """The float model to quantize: a checkpoint merged (a QAT run keeps its fake quantizers), an export (merged),
+    or a base model; a model that is already quantized is refused.
+    """  # noqa: D205
     if (model is None) == (ckpt is None):
         raise LightFTError(
             "give exactly one of --ckpt CHECKPOINT (a lightft run) or --model PATH (export dir, hub id)."
@@ -57,8 +61,6 @@ def _load_float(model: str | None, ckpt: str | None, gguf_file: str | None, devi
         return FloatModel(merged.float(), module.tokenizer, module.describe().head, module.qat, ckpt, ckpt)
     assert model is not None
     if (Path(model) / METADATA).is_file():
-        import json
-
         if ptq.scheme_of(model) is not None:
             raise LightFTError(f"--model: '{model}' is already quantized ({ptq.scheme_of(model)['label']}); quantize "
                                "the float model it came from (its checkpoint or merged export).")  # fmt: skip
@@ -99,17 +101,19 @@ def _val_data(
         return None
 
 
-def _quantize(
+def quantize_float(
     source: FloatModel,
     scheme: QuantScheme,
     calibration: Calibration,
     val: ValData | None,
-    staging: Path,
+    float_dir: Path,
     device: torch.device,
 ) -> Any:
-    """The quantized model (in memory)."""
+    """`source.network` quantized in place (bitsandbytes: reloaded from `float_dir`, its saved copy); a QAT run is
+    converted with its scheme, `int8_static` calibrated on `val` first.
+    """  # noqa: D205
     if scheme.library == "bitsandbytes":
-        return ptq.quantize_bitsandbytes(staging / "float", scheme, source.head, device)
+        return ptq.quantize_bitsandbytes(float_dir, scheme, source.head, device)
     if source.qat is not None:
         from lightft.quantization import qat
 
@@ -187,7 +191,7 @@ def quantize(
     if scheme is not None:
         QuantScheme(scheme, **knobs)  # an unknown name or knob fails before any weight loads
     where = resolve_device(device)[0]
-    source = _load_float(model, ckpt, gguf_file, where)
+    source = load_float(model, ckpt, gguf_file, where)
     chosen = _scheme(source, scheme, **knobs)
     chosen.check(source.network, "--group_size")
     extra = calibration.examples if chosen.scheme == "int8_static" else 0
@@ -229,13 +233,13 @@ def _run(
     ptq.save_float(source.network, source.tokenizer, staging / "float")
     source.network.eval()
     before = evaluate(source.network, source.tokenizer, val, batch_size, max_new_tokens) if val else Evaluation()
-    quantized = _quantize(source, scheme, calibration, val, staging, device)
-    expected = ptq.probe_logits(quantized)
+    quantized = quantize_float(source, scheme, calibration, val, staging / "float", device)
+    expected = _probe(quantized).float()
     record = {"source": source.source, "head": source.head}
     ptq.save_quantized(quantized, scheme, staging / "model", record)
     source.tokenizer.save_pretrained(staging / "model")
     reloaded = ptq.load_quantized(staging / "model", device)
-    got = ptq.probe_logits(reloaded)
+    got = _probe(reloaded).float()
     if not torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
         raise RuntimeError(f"the saved model reloads with different logits (max diff {(got - expected).abs().max()})")
     after = evaluate(reloaded, source.tokenizer, val, batch_size, max_new_tokens) if val else Evaluation()
@@ -258,6 +262,4 @@ def _run(
 
 
 def _json(report: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(report, indent=2, ensure_ascii=False)

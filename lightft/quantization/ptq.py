@@ -195,11 +195,3 @@ def stored_dtypes(model: nn.Module) -> dict[str, str]:
         data = getattr(weight, "qdata", None)
         out[name] = str((data if data is not None else weight.data).dtype).removeprefix("torch.")
     return out
-
-
-def probe_logits(model: nn.Module) -> torch.Tensor:
-    """Logits of a fixed probe input (verification that a reload equals the in-memory model)."""
-    device = next(model.parameters()).device
-    ids = (torch.arange(1, 17).unsqueeze(0) % model.config.vocab_size).to(device)
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float()

@@ -65,7 +65,7 @@ def test_each_scheme_stores_low_bit_weights_shrinks_the_file_and_reloads_identic
     assert 0 < (expected - reference).abs().max() < 0.2
 
 
-def test_four_bit_weights_take_half_the_bytes_of_eight_bit_ones_with_bitsandbytes(tmp_path, float_dir):
+def test_four_bit_weights_take_fewer_bytes_than_eight_bit_ones_with_bitsandbytes(tmp_path, float_dir):
     sizes = {}
     for name in ("nf4", "llm_int8"):
         scheme = QuantScheme(name)
