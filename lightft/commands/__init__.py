@@ -1,9 +1,9 @@
 """Lightft's commands, their one-line descriptions (`lightft --help`) and the dispatch of the non-Lightning ones.
 
 LightningCLI's `fit`, `validate`, `test` and `predict` live in `lightft.commands.fit`; `estimate`, `bench`, `doctor`,
-`export`, `quantize` and `generate` in their own modules.
+`export`, `quantize`, `generate` and `eval` in their own modules.
 
-`export`, `quantize` and `generate` are typed by jsonargparse from their signatures; `estimate`, `bench` and
+`export`, `quantize`, `generate` and `eval` are typed by jsonargparse from their signatures; `estimate`, `bench` and
 `doctor` add their own typed options to `lightft fit`'s parser (`lightft.commands.fit.ParseOnlyCLI`) and read the
 same configs.
 Nothing here imports `lightft.cli`: the console script imports the commands, never the other way round.
@@ -24,6 +24,7 @@ EXTRA_COMMANDS = {
     "export": "A training checkpoint -> a Hugging Face adapter or merged model, verified by reloading it.",
     "quantize": "Post-training quantization (torchao, bitsandbytes) of a trained model, with a size/quality report.",
     "generate": "Generate from a base model, an adapter or an export: a quick look at what a model learned.",
+    "eval": "A model on held-out data: exact match, ROUGE-L, BLEU, chrF, JSON fields, loss, rewards, KL; --compare.",
 }
 COMMANDS = {**FIT_COMMANDS, **EXTRA_COMMANDS}
 
@@ -54,6 +55,8 @@ def run_command(name: str, args: list[str]) -> None:
         from lightft.commands.export import export as function
     elif name == "quantize":
         from lightft.commands.quantize import quantize as function
+    elif name == "eval":
+        from lightft.commands.eval import evaluate as function
     else:
         from lightft.commands.generate import generate as function
     auto_cli(function, args=args, as_positional=False, exit_on_error=False)  # errors: one line (lightft.cli)

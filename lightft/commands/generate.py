@@ -26,19 +26,37 @@ from lightft.generation import generate as generate_batch
 from lightft.models.loading import ModelSpec, load_model, load_tokenizer, resolve_device
 from lightft.quantization import ptq
 
-from .export import METADATA, load_exported
+from .export import METADATA, load_exported, load_trained
 
 
-def _load(
-    model: str, gguf_file: str | None, adapter: str | None, device: torch.device, dtype: torch.dtype
+def load_inference_model(
+    model: str,
+    gguf_file: str | None,
+    adapter: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    key: str = "--model",
 ) -> tuple[Any, Any]:
+    """A model and its tokenizer, in eval mode on `device`, from any of: a training checkpoint (`*.ckpt`, a file or a
+    sharded checkpoint directory), a `lightft export` or `lightft quantize` directory, a hub id / directory /
+    `package://NAME` (GGUF with `gguf_file`), optionally with a peft `adapter` on top.
+    """  # noqa: D205
+    if model.endswith(".ckpt"):  # a file, or the directory of a sharded (FSDP2, DeepSpeed) checkpoint
+        if not Path(model).exists():
+            raise LightFTError(f"{key}: checkpoint '{model}' not found.")
+        module = load_trained(model, device=device)
+        if all(p.is_floating_point() for p in module.model.parameters()):  # a QLoRA base keeps its 4-bit weights
+            module.model.to(dtype)
+        return module.model.eval(), module.tokenizer
+    if model.endswith(".gguf") and Path(model).is_file():  # a GGUF file named directly
+        model, gguf_file = str(Path(model).parent), Path(model).name
     if ptq.scheme_of(model) is not None:  # a `lightft quantize` output
-        return ptq.load_quantized(model, device), load_tokenizer(ModelSpec(model), key="--model")
+        return ptq.load_quantized(model, device), load_tokenizer(ModelSpec(model), key=key)
     if (Path(model) / METADATA).is_file():
         return load_exported(model, dtype, device)
     spec = ModelSpec(model, gguf_file=gguf_file, dtype=str(dtype).removeprefix("torch."))  # type: ignore[arg-type]
-    tokenizer = load_tokenizer(spec, key="--model")
-    network = load_model(spec, tokenizer, key="--model").to(device)
+    tokenizer = load_tokenizer(spec, key=key)
+    network = load_model(spec, tokenizer, key=key).to(device)
     if adapter:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise LightFTError(f"--adapter: '{adapter}' is not a peft adapter directory (no adapter_config.json).")
@@ -87,7 +105,8 @@ def generate(
     """Generate completions for prompts with a base model, base + adapter, or an exported model.
 
     Args:
-        model: Hub id, local directory, `package://NAME`, a `lightft export` or a `lightft quantize` directory.
+        model: Hub id, local directory, `package://NAME`, a `lightft export` or `lightft quantize` directory, or a
+            training checkpoint (`runs/<run>/checkpoints/last.ckpt`).
         prompt: A user message to answer (for several, use `prompts_file`).
         prompts_file: A dataset file (any lightft format); its trained turns are used as references.
         adapter: A peft adapter directory to apply to `model`.
@@ -106,7 +125,7 @@ def generate(
     """
     torch.manual_seed(seed)
     target, weights = resolve_device(device, dtype)
-    network, tokenizer = _load(model, gguf_file, adapter, target, weights)
+    network, tokenizer = load_inference_model(model, gguf_file, adapter, target, weights)
     print(f"loaded {model} on {target}, {str(weights).removeprefix('torch.')}", flush=True)
     items = [{**item, "index": i} for i, item in enumerate(_prompts(tokenizer, prompt, prompts_file, system, limit))]
     settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p)

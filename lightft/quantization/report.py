@@ -101,19 +101,26 @@ def _batches(rows: list[dict[str, Any]], batch_size: int, pad_id: int) -> list[A
 @torch.no_grad()
 def evaluate(model: nn.Module, tokenizer: Any, data: ValData, batch_size: int, max_new_tokens: int) -> Evaluation:
     """Token-weighted validation loss over the trained tokens, and greedy completions of the prompts."""
+    loss, count = validation_loss(model, data.batches(batch_size))
+    result = Evaluation(loss=loss, perplexity=math.exp(loss), tokens=count)
+    if data.prompts:
+        _generate(model, tokenizer, data, batch_size, max_new_tokens, result)
+    return result
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, batches: list[Any]) -> tuple[float, int]:
+    """Mean cross-entropy over the trained tokens (`labels` != -100) of `batches`, and how many tokens that is."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for batch in data.batches(batch_size):
+    for batch in batches:
         logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
         labels = batch.labels[:, 1:].to(device)
         losses = nn.functional.cross_entropy(
             logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
         )
         total, count = total + losses.item(), count + int((labels != -100).sum())
-    result = Evaluation(loss=total / count, perplexity=math.exp(total / count), tokens=count)
-    if data.prompts:
-        _generate(model, tokenizer, data, batch_size, max_new_tokens, result)
-    return result
+    return total / max(count, 1), count
 
 
 def _generate(
