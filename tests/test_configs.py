@@ -8,7 +8,9 @@ import yaml
 from lightft.cli import LightFTCLI
 from tests.conftest import ROOT
 
-CONFIGS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+YAMLS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "trainer")
+PIPELINES = [p for p in YAMLS if "stages" in (yaml.safe_load((ROOT / p).read_text()) or {})]
+CONFIGS = [p for p in YAMLS if p not in PIPELINES]  # `lightft fit` configs
 
 
 def test_there_are_recipes():
@@ -24,6 +26,15 @@ def test_every_peft_strategy_has_a_recipe():
     for name in strategies:
         assert any(f"class_path: lightft.peft.{name}\n" in t for t in texts), f"no configs/sft recipe uses {name}"
     assert any("dora: true" in t for t in texts)
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=str)
+def test_pipeline_config_loads(path, monkeypatch):
+    """Every stage known, every `${stage}` an earlier stage, every stage config the right module, files present."""
+    from lightft.pipeline import load
+
+    monkeypatch.chdir(ROOT)
+    assert load(path).stages
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=str)

@@ -1,7 +1,7 @@
 """Lightft's commands, their one-line descriptions (`lightft --help`) and the dispatch of the non-Lightning ones.
 
 LightningCLI's `fit`, `validate`, `test` and `predict` live in `lightft.commands.fit`; `estimate`, `bench`, `doctor`,
-`export`, `quantize`, `generate` and `eval` in their own modules.
+`export`, `quantize`, `generate`, `eval` and `pipeline` in their own modules.
 
 `export`, `quantize`, `generate` and `eval` are typed by jsonargparse from their signatures; `estimate`, `bench` and
 `doctor` add their own typed options to `lightft fit`'s parser (`lightft.commands.fit.ParseOnlyCLI`) and read the
@@ -25,6 +25,7 @@ EXTRA_COMMANDS = {
     "quantize": "Post-training quantization (torchao, bitsandbytes) of a trained model, with a size/quality report.",
     "generate": "Generate from a base model, an adapter or an export: a quick look at what a model learned.",
     "eval": "A model on held-out data: exact match, ROUGE-L, BLEU, chrF, JSON fields, loss, rewards, KL; --compare.",
+    "pipeline": "Stages SFT -> reward model -> PPO / DPO / ORPO -> eval -> new pairs, from one config; resumable.",
 }
 COMMANDS = {**FIT_COMMANDS, **EXTRA_COMMANDS}
 
@@ -57,6 +58,10 @@ def run_command(name: str, args: list[str]) -> None:
         from lightft.commands.quantize import quantize as function
     elif name == "eval":
         from lightft.commands.eval import evaluate as function
+    elif name == "pipeline":
+        from lightft.commands.pipeline import main
+
+        return main(args)
     else:
         from lightft.commands.generate import generate as function
     auto_cli(function, args=args, as_positional=False, exit_on_error=False)  # errors: one line (lightft.cli)
