@@ -107,12 +107,12 @@ def run_cell(base: list[str], cell: dict[str, str], options: dict[str, Any], out
     record = out / f"{name}.json"
     record.unlink(missing_ok=True)
     probe = json.dumps({"class_path": "lightft.callbacks.BenchProbe", "init_args": {"path": str(record)}})
-    # one optimizer step per batch (the optimizer's states exist from the first step on) and no epoch limit
+    # one optimizer step per batch (the optimizer's states exist from the first step on), no epoch limit, no samples
     fit = [sys.executable, "-m", "lightft.cli", "fit", *args, "--trainer.max_steps", str(options["steps"]),
            "--trainer.max_epochs", "-1", "--trainer.accumulate_grad_batches", "1",
            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(out / name),
            "--overwrite", "true", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false",
-           f"--trainer.callbacks+={probe}"]  # fmt: skip
+           "--samples.prompts", "0", f"--trainer.callbacks+={probe}"]  # fmt: skip
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # CPU: freed tensors leave resident memory
     try:
         result = subprocess.run(fit, env=env, capture_output=True, text=True, timeout=options["timeout"])

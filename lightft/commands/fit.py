@@ -24,7 +24,15 @@ from jsonargparse import ArgumentError, DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lightft.callbacks import NonFiniteGuard, PredictionWriter, Preemption, TrainingMonitor, VerifiedCheckpoint
+from lightft.callbacks import (
+    NonFiniteGuard,
+    PredictionWriter,
+    Preemption,
+    SampleGenerations,
+    TrainingMonitor,
+    VerifiedCheckpoint,
+)
+from lightft.callbacks.samples import FILENAME as SAMPLES_FILE
 from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
 
@@ -77,15 +85,17 @@ class RunDirectory(SaveConfigCallback):
 
 
 def _clear_run(run_dir: Path) -> None:
-    """`--overwrite true`: remove what an earlier run wrote here (checkpoints, logs, config); other files stay."""
+    """`--overwrite true`: remove an earlier run's checkpoints, logs, config and samples; other files stay."""
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    for path in [*run_dir.glob("events.out.tfevents.*"), run_dir / "config.yaml", run_dir / "hparams.yaml"]:
+    written = ["config.yaml", "hparams.yaml", SAMPLES_FILE]
+    for path in [*run_dir.glob("events.out.tfevents.*"), *(run_dir / name for name in written)]:
         path.unlink(missing_ok=True)
 
 
 class LightFTCLI(LightningCLI):
     """LightningCLI with lightft's defaults: subclass mode, linked tokenizer, one directory per run, atomic
-    verified checkpoints, preemption handling, the non-finite guard, `--ckpt_path` loaded with `weights_only`.
+    verified checkpoints, preemption handling, the non-finite guard, samples of fixed prompts while training,
+    `--ckpt_path` loaded with `weights_only`.
     """  # noqa: D205
 
     def __init__(self, args: Any = None, run: bool = True) -> None:
@@ -109,11 +119,12 @@ class LightFTCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Checkpointing, preemption and non-finite guard groups, the model -> tokenizer link and `--overwrite`."""
+        """The checkpoint, preemption, nonfinite and samples groups, the model -> tokenizer link, `--overwrite`."""
         parser.add_lightning_class_args(VerifiedCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
         parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(SampleGenerations, "samples")
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer", apply_on="parse")
         parser.add_argument(
             "--overwrite", type=bool, default=False, help="Replace a run directory holding another run."

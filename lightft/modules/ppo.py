@@ -159,6 +159,7 @@ class PPOModule(LightFTModule):
             max_length=generation.max_new_tokens,
         )
         self.value_head: nn.Module | None = None
+        self.latest_rollout: tuple[Rollout, Tensor] | None = None  # and its raw scores: `rollout_records`
 
     def memory_plan(self, examples: int, seq_len: int, notes: list[str]) -> dict[str, Any]:
         """The estimate's shapes: rollouts of prompts x samples at prompt + `max_new_tokens`, updates of a minibatch,
@@ -244,6 +245,7 @@ class PPOModule(LightFTModule):
         """Rollout -> scores -> advantages -> `ppo.epochs` passes of minibatch updates."""
         rollout = sample(self.model, self.tokenizer, batch, self.generation, self.samples_per_prompt)
         raw, scores = self.scores(rollout)
+        self.latest_rollout = (rollout, raw)
         with torch.no_grad():
             old = self.evaluate(rollout, with_values=self.algorithm == "ppo", with_entropy=True)
             with self.peft.disabled(self.model):
@@ -317,6 +319,16 @@ class PPOModule(LightFTModule):
             metrics["critic/clipfrac"] = stats["value_clipfrac"]
         for name, value in metrics.items():
             self.log(name, value.float(), prog_bar=name in ("env/reward_mean", "objective/kl"), batch_size=len(scores))
+
+    def rollout_records(self, n: int) -> list[dict[str, Any]]:
+        """The first `n` responses of the latest rollout, `{prompt, completion, reference, reward}` (the raw score);
+        what `lightft.callbacks.SampleGenerations` logs.
+        """  # noqa: D205
+        if self.latest_rollout is None:
+            return []
+        rollout, raw = self.latest_rollout
+        rows = zip(rollout.prompts[:n], rollout.completions, rollout.references, raw[:n].tolist(), strict=False)
+        return [{"prompt": p, "completion": c, "reference": r, "reward": s} for p, c, r, s in rows]
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         """Mean reward of one response per validation prompt (the sampling settings of training)."""
