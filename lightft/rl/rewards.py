@@ -97,7 +97,73 @@ class JSONMatchReward:
             return self.invalid
         if not isinstance(got, dict) or not isinstance(want, dict) or not want:
             return self.invalid
-        return sum(got.get(k) == v for k, v in want.items()) / len(want)
+        return fields_matched(got, want)
+
+
+def fields_matched(record: dict, reference: dict) -> float:
+    """The fraction of `reference`'s fields that `record` holds with exactly the same value (extra fields are free)."""
+    return sum(record.get(k) == v for k, v in reference.items()) / len(reference)
+
+
+def strict_json(completion: str) -> bool:
+    """Whether the whole completion (surrounding whitespace aside) is exactly one JSON object, and nothing else.
+
+    The "bare record" preference of the data/rlhf task (what its evaluation reports): `{"a": 1}` is strict; the same
+    object followed by a line such as "Order logged.", inside a fenced json block, or the array `[1]`, is not.
+    """
+    try:
+        return isinstance(json.loads(completion), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def find_record(text: str) -> dict | None:
+    """The first JSON object inside `text` (which may surround it with other text), or None."""
+    decoder, start = json.JSONDecoder(), text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            return value
+        start = text.find("{", start + 1)
+    return None
+
+
+class StrictJSONReward:
+    """Rule reward for a bare JSON record: field accuracy, discounted when the record is surrounded by other text.
+
+    Stands in for the rankings of a consumer that parses the whole answer as JSON (the data/rlhf task). With `f` the
+    fraction of the reference record's fields reproduced exactly (`fields_matched`):
+
+        reward = f                  the completion is exactly one JSON object (`strict_json`)
+                 surrounded * f     the first JSON object inside other text (a chatty "Order logged." line, a fence)
+                 invalid            no JSON object at all, or a reference without one
+
+    So a right bare record (1) beats a bare record with one of five fields wrong (0.8), which beats the right record
+    with a line after it (0.5 at the default). The reference may itself be surrounded by text (its first object is
+    used). `surrounded=1.0` gives field accuracy whatever surrounds the record.
+
+    Args:
+        surrounded: Multiplier of the field fraction when text surrounds the record, in [0, 1].
+        invalid: Score of a completion without a JSON object.
+    """
+
+    def __init__(self, surrounded: float = 0.5, invalid: float = 0.0) -> None:
+        if not 0.0 <= surrounded <= 1.0:
+            raise LightFTError(f"{KEY}.init_args.surrounded: {surrounded} is not in [0, 1].")
+        self.surrounded, self.invalid = surrounded, invalid
+
+    def __call__(self, prompts: list[str], completions: list[str], references: list[str]) -> Sequence[float] | Tensor:
+        """Per completion: matched fields / reference fields, times `surrounded` unless the record stands alone."""
+        return [self._one(c, r) for c, r in zip(completions, references, strict=True)]
+
+    def _one(self, completion: str, reference: str) -> float:
+        got, want = find_record(completion), find_record(reference)
+        if got is None or not want:
+            return self.invalid
+        return fields_matched(got, want) * (1.0 if strict_json(completion) else self.surrounded)
 
 
 class RewardModelScorer:

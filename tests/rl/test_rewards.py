@@ -1,8 +1,10 @@
-"""Rewards (`lightft/rl/rewards.py`): the rule rewards on hand-worked cases, a tiny reward model saved to disk and
-scored through `RewardModelScorer` against its own forward pass, and `score`'s checks of what a reward returns.
+"""Rewards (`lightft/rl/rewards.py`): the rule rewards on hand-worked cases (StrictJSONReward: the data/rlhf
+task's bare-record preference), a tiny reward model saved to disk and scored through `RewardModelScorer`
+against its own forward pass, and `score`'s checks of what a reward returns.
 PPO/GRPO training with a reward: tests/modules/test_ppo.py; a broken reward through the CLI: tests/test_bad_input.py.
 """
 
+import json
 import math
 
 import pytest
@@ -10,7 +12,17 @@ import torch
 
 from lightft.errors import LightFTError
 from lightft.models.loading import load_model
-from lightft.rl.rewards import JSONMatchReward, KeywordReward, RewardFunction, RewardModelScorer, score
+from lightft.rl.rewards import (
+    JSONMatchReward,
+    KeywordReward,
+    RewardFunction,
+    RewardModelScorer,
+    StrictJSONReward,
+    fields_matched,
+    find_record,
+    score,
+    strict_json,
+)
 
 REFERENCE = '{"item": "latte", "qty": 2}'
 
@@ -49,8 +61,76 @@ def test_json_match_reward_without_a_usable_reference_scores_invalid():
     assert reward(["p", "p"], ["{}", '{"a": 1}'], ["{}", "not json"]) == [-1.0, -1.0]
 
 
+RECORD = {"customer": "Mei", "item": "latte", "quantity": 2, "store": "Oak Street", "pickup": "8:30"}
+BARE = json.dumps(RECORD)
+ONE_WRONG = json.dumps({**RECORD, "quantity": 3})
+
+
+@pytest.mark.parametrize(
+    ("text", "strict"),
+    [
+        (BARE, True),
+        (" \n" + BARE + "\n", True),  # surrounding whitespace is not text
+        ("{}", True),
+        (BARE + "\nOrder logged for Mei.", False),  # the friendly annotator's line
+        ("Sure! " + BARE, False),
+        ("```json\n" + BARE + "\n```", False),
+        (BARE + BARE, False),  # two objects
+        ("[1, 2]", False),  # JSON, not an object
+        ('"a string"', False),
+        (BARE[:-1], False),  # truncated
+        ("", False),
+    ],
+)
+def test_strict_json_holds_only_for_exactly_one_json_object(text, strict):
+    assert strict_json(text) is strict
+
+
+def test_find_record_returns_the_first_json_object_inside_text():
+    assert find_record(BARE + "\nOrder logged for Mei.") == RECORD
+    assert find_record("Use {these braces}: " + BARE + ' and {"b": 2}') == RECORD  # a '{' that is not JSON is skipped
+    assert find_record('[{"a": 1}]') == {"a": 1}
+    assert find_record("Mei wants two lattes") is None and find_record('{"a": 1') is None and find_record("") is None
+
+
+def test_fields_matched_counts_exact_values_of_the_reference_fields():
+    assert fields_matched(RECORD, RECORD) == 1.0
+    assert fields_matched({**RECORD, "size": "tall"}, RECORD) == 1.0  # extra fields are free
+    assert fields_matched({"customer": "Mei", "quantity": "2"}, RECORD) == 1 / 5  # missing fields and "2" != 2
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (BARE, 1.0),
+        (ONE_WRONG, 0.8),  # 4 of 5 fields, bare
+        (BARE + "\nOrder logged for Mei.", 0.5),  # 5 of 5 fields x surrounded 0.5
+        ("```json\n" + BARE + "\n```", 0.5),
+        (ONE_WRONG + "\nThanks, Mei!", 0.4),  # 4/5 x 0.5
+        (json.dumps({"customer": "Ana", "item": "mocha"}), 0.0),  # a bare record with no field right
+        ("Mei wants two lattes at Oak Street.", "invalid"),
+        (BARE[:-1], "invalid"),
+    ],
+)
+def test_strict_json_reward_discounts_a_record_surrounded_by_text(completion, expected):
+    for invalid in (0.0, -1.0):
+        want = invalid if expected == "invalid" else expected
+        assert StrictJSONReward(invalid=invalid)(["p"], [completion], [BARE]) == [pytest.approx(want)]
+
+
+def test_strict_json_reward_surrounded_weight_and_references():
+    chatty = BARE + "\nOrder logged for Mei."
+    assert StrictJSONReward(surrounded=0.25)(["p"] * 2, [chatty, BARE], [BARE] * 2) == [0.25, 1.0]
+    assert StrictJSONReward(surrounded=1.0)(["p"], [chatty], [BARE]) == [1.0]  # field accuracy alone
+    assert StrictJSONReward()(["p"], [BARE], [chatty]) == [1.0]  # a chatty reference: its record is used
+    assert StrictJSONReward(invalid=-1.0)(["p"] * 2, [BARE] * 2, ["no record", "{}"]) == [-1.0, -1.0]
+    with pytest.raises(LightFTError, match=r"reward\.init_args\.surrounded: 1\.5 is not in \[0, 1\]"):
+        StrictJSONReward(surrounded=1.5)
+
+
 def test_rule_rewards_are_reward_functions():
     assert isinstance(KeywordReward("a"), RewardFunction) and isinstance(JSONMatchReward(), RewardFunction)
+    assert isinstance(StrictJSONReward(), RewardFunction)
     assert isinstance(RewardModelScorer("unused"), RewardFunction)
 
 
