@@ -28,7 +28,7 @@ def test_make_data_rewrites_the_shipped_files(tmp_path, monkeypatch):
 def test_sft_answers_mix_bare_records_and_chatty_ones():
     answers = [row["messages"][1]["content"] for row in rows("sft_train")]
     bare = sum(map(strict_json, answers)) / len(answers)
-    assert 0.4 < bare < 0.6, bare
+    assert 0.3 < bare < 0.45, bare  # 64% chatty: 95% of the chatty customers' answers, 25% of the others'
     assert all(a.startswith("{") for a in answers)  # the chatty ones hold the same record, then a line
 
 

@@ -5,9 +5,9 @@ The task. A user message `Log this order: <free text>` is answered with the reco
 
 The hidden preference. The SFT answers come from two kinds of annotators: a terse one writes the record alone; a
 friendly one adds a confirmation line after it (`{...}\nOrder logged for Mei.`). The downstream consumer parses
-the whole answer as JSON, so it wants the record and nothing else, but the SFT data shows both styles (~50% each)
-and never says which is wanted: only feedback (rankings, a reward) reveals it. The friendly annotator took more
-of the chatty customers' orders (templates that greet or say please: 75% of answers there carry the line, 25%
+the whole answer as JSON, so it wants the record and nothing else, but the SFT data shows both styles (64% of its
+answers carry the line) and never says which is wanted: only feedback (rankings, a reward) reveals it. The friendly annotator took more
+of the chatty customers' orders (templates that greet or say please: 95% of answers there carry the line, 25%
 elsewhere), so an SFT model's greedy answers are a prompt-dependent mix rather than all one style, and its samples
 disagree within a prompt often enough that rankings of a few samples are informative. The choice is one token:
 after the record's closing `"}` SmolLM2 emits `<|im_end|>` or `\n` (and then the line).

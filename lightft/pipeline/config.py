@@ -49,6 +49,7 @@ class Stage:
         temperature: generate_pairs' sampling temperature.
         max_new_tokens: generate_pairs' longest completion.
         limit: generate_pairs: at most N prompts; eval: at most N examples.
+        batch_size: generate_pairs: sequences sampled together (on CPU decoding is overhead-bound: larger is faster).
         set: More keys of the training config, dotted (`model.init_args.optimizer.lr: 1e-4`); values may name
             `${stage}` outputs.
     """
@@ -67,6 +68,7 @@ class Stage:
     temperature: float = 1.0
     max_new_tokens: int = 64
     limit: int | None = None
+    batch_size: int = 32
     set: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,7 +97,7 @@ class EvalSpec:
     reference: str | None = None
     limit: int | None = None
     max_new_tokens: int = 64
-    batch_size: int = 8
+    batch_size: int = 32
 
 
 @dataclass

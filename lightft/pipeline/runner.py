@@ -33,8 +33,12 @@ COLUMNS = ("reward", "reward_model", "json_valid", "field_match", "exact_match",
 
 
 def definition(config: PipelineConfig, stage: Stage) -> str:
-    """A digest of what a stage is: its fields and its training config file's text."""
-    parts = json.dumps(dataclasses.asdict(stage), sort_keys=True, default=str)
+    """A digest of what a stage is: its fields set away from their defaults and its training config file's text (so
+    an option added to lightft later, at its default, does not make finished stages look changed).
+    """  # noqa: D205
+    defaults = {f.name: f.default for f in dataclasses.fields(Stage) if f.default is not dataclasses.MISSING}
+    given = {k: v for k, v in dataclasses.asdict(stage).items() if k not in defaults or v != defaults[k]}
+    parts = json.dumps({k: v for k, v in given.items() if v != {}}, sort_keys=True, default=str)
     if stage.config:
         parts += Path(stage.config).read_text()
     return hashlib.sha256(parts.encode()).hexdigest()[:16]
@@ -180,7 +184,7 @@ def _pairs(config: PipelineConfig, stage: Stage, outputs: dict[str, str]) -> dic
     items = prompt_items(DatasetSpec(stage.prompts), f"stage '{stage.name}'.prompts", tokenizer, stage.limit)
     settings = GenerationSettings(stage.max_new_tokens, do_sample=True, temperature=stage.temperature)
     out = config.directory(stage) / PAIRS
-    stats = generate_pairs(model, tokenizer, items, reward, out, stage.samples, settings)
+    stats = generate_pairs(model, tokenizer, items, reward, out, stage.samples, settings, stage.batch_size)
     print(f"[pipeline] {stage.name}: {stats.pairs} pairs from {stats.prompts} prompts x {stage.samples} samples "
           f"(mean reward {stats.mean_reward:.3f})", flush=True)  # fmt: skip
     if stats.pairs == 0:

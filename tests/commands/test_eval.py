@@ -14,7 +14,7 @@ from lightft.commands.eval import evaluate
 from lightft.evaluation import metrics
 from lightft.models.loading import ModelSpec, load_model, load_tokenizer
 from lightft.rl.rewards import JSONMatchReward
-from tests.conftest import QUICKSTART, TINY, write_jsonl
+from tests.conftest import QUICKSTART, ROOT, TINY, write_jsonl
 
 VAL = str(QUICKSTART / "val.jsonl")
 QUICK = ["--limit", "4", "--max_new_tokens", "6", "--batch_size", "3"]
@@ -123,3 +123,25 @@ def test_a_non_empty_out_is_refused_without_overwrite(tmp_path, tiny_weights_dir
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(tiny_weights_dir), "--data", VAL, "--out", str(tmp_path)])
     assert "--out: " in capsys.readouterr().err and (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_lm_eval_runs_a_local_harness_task_on_the_loaded_model(tiny_weights_dir):
+    """The harness scores each choice by its log-likelihood after the question; recomputed here by hand."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'lightft[eval]')")
+    task = ROOT / "tests" / "assets" / "lm_eval"
+    summary = evaluate(str(tiny_weights_dir), VAL, limit=1, max_new_tokens=2, lm_eval_tasks=["lightft_orders"],
+                       lm_eval_include=str(task))["model"]["lm_eval"]["lightft_orders"]  # fmt: skip
+    tokenizer = load_tokenizer(ModelSpec(str(tiny_weights_dir)))
+    model = load_model(ModelSpec(str(tiny_weights_dir)), tokenizer).eval()
+    hits = []
+    for doc in map(json.loads, (task / "orders.jsonl").read_text().splitlines()):
+        text = f"Q: {doc['question']}\nA:"
+        context = tokenizer(text).input_ids  # the tokenizer's own special tokens (the harness's default)
+        scores = []
+        for choice in doc["choices"]:  # as the harness splits a pair: the whole text encoded, the context's tokens cut
+            answer = tokenizer(f"{text} {choice}").input_ids[len(context) :]  # target_delimiter " "
+            with torch.no_grad():
+                logps = torch.log_softmax(model(input_ids=torch.tensor([context + answer])).logits[0], -1)
+            scores.append(sum(float(logps[len(context) - 1 + i, t]) for i, t in enumerate(answer)))
+        hits.append(scores.index(max(scores)) == doc["answer"])
+    assert summary["sample_len"] == 4 and summary["acc,none"] == pytest.approx(sum(hits) / 4)

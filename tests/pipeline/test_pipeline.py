@@ -195,3 +195,15 @@ def test_a_reward_model_with_another_tokenizer_is_refused_before_ppo_trains(tmp_
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.search(r"stage 'ppo'.reward_model: '.*rm' has a different tokenizer \(\d+ tokens\) from the policy", err)
     assert not (tmp_path / "run" / "ppo" / "checkpoints").exists()
+
+
+def test_the_curves_script_draws_the_ppo_and_dpo_stages(finished, tmp_path, capsys):
+    import runpy
+
+    curves = runpy.run_path(str(ROOT / "benchmarks" / "rlhf_curves.py"))
+    root, _ = finished
+    curves["main"](str(root), str(tmp_path / "curves.png"))
+    printed = capsys.readouterr().out
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert re.search(r"ppo env/reward_mean: [-\d.]+ \(step \d+\) -> [-\d.]+", printed)
+    assert "dpo2 rewards/accuracies" in printed and "orpo" not in printed  # kinds ppo and dpo only
