@@ -4,13 +4,13 @@ The task. A user message `Log this order: <free text>` is answered with the reco
 "quantity", "store", "pickup"}` (the quickstart's vocabulary, imported from data/quickstart/make_data.py).
 
 The hidden preference. The SFT answers come from two kinds of annotators: a terse one writes the record alone; a
-friendly one adds a confirmation line after it (`{...}\nOrder logged for Mei.`). The downstream consumer parses
-the whole answer as JSON, so it wants the record and nothing else, but the SFT data shows both styles (64% of its
-answers carry the line) and never says which is wanted: only feedback (rankings, a reward) reveals it. The friendly annotator took more
-of the chatty customers' orders (templates that greet or say please: 95% of answers there carry the line, 25%
-elsewhere), so an SFT model's greedy answers are a prompt-dependent mix rather than all one style, and its samples
-disagree within a prompt often enough that rankings of a few samples are informative. The choice is one token:
-after the record's closing `"}` SmolLM2 emits `<|im_end|>` or `\n` (and then the line).
+friendly one adds a confirmation line after it (`{...}\nOrder logged for Mei.`). The downstream consumer parses the
+whole answer as JSON, so it wants the record and nothing else, but the SFT data shows both styles (64% of its
+answers carry the line) and never says which is wanted: only feedback (rankings, a reward) reveals it. The friendly
+annotator took more of the chatty customers' orders (templates that greet or say please: 95% of answers there carry
+the line, 25% elsewhere), so an SFT model's greedy answers are a prompt-dependent mix rather than all one style, and
+its samples disagree within a prompt often enough that rankings of a few samples are informative. The choice is one
+token: after the record's closing `"}` SmolLM2 emits `<|im_end|>` or `\n` (and then the line).
 
 How it is measured. `lightft.rl.rewards.strict_json(completion)` is True when the whole completion is exactly one
 JSON object; the held-out preference metric is the fraction of `val.jsonl` completions for which it holds (field
