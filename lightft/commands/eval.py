@@ -54,6 +54,7 @@ def evaluate(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    samples: int = 1,
     seed: int = 0,
     lm_eval_tasks: list[str] | None = None,
     lm_eval_include: str | None = None,
@@ -84,6 +85,8 @@ def evaluate(
         do_sample: Sample instead of greedy decoding.
         temperature: Sampling temperature.
         top_p: Nucleus sampling mass.
+        samples: Completions per prompt (with `--do_sample true`); the figures are then means over all samples:
+            the sampled policy's rates rather than one decode's.
         seed: Random seed (sampling).
         lm_eval_tasks: lm-evaluation-harness tasks to run on the same model object (needs `lightft[eval]`).
         lm_eval_include: A directory of extra harness task YAML files (local tasks).
@@ -96,6 +99,8 @@ def evaluate(
         The summary (also written to `out/summary.json`).
     """
     spec = data if isinstance(data, DatasetSpec) else DatasetSpec(data)
+    if samples < 1 or (samples > 1 and not do_sample):
+        raise LightFTError(f"--samples {samples}: give 1, or more than 1 together with --do_sample true.")
     _check_out(out, overwrite)
     if lm_eval_tasks:
         _lm_eval_available()
@@ -103,7 +108,7 @@ def evaluate(
     target, weights = resolve_device(device, dtype)
     settings = EvalSettings(
         limit, batch_size, max_prompt_length, GenerationSettings(max_new_tokens, do_sample, temperature, top_p),
-        tuple(metrics) if metrics else None,
+        tuple(metrics) if metrics else None, samples=samples,
     )  # fmt: skip
     scorer = RewardModelScorer(reward_model) if reward_model else None
     reference_net = (

@@ -41,6 +41,8 @@ class EvalSettings:
         metrics: Reference metrics the caller requires (an error when the file has no answers); None: every
             metric that applies.
         key: The option or config key that named the data (for error messages).
+        samples: Completions per prompt (with `generation.do_sample`): every figure except the loss is then a mean
+            over all prompts' samples, i.e. a figure of the sampled policy rather than of one decode.
     """
 
     limit: int | None = None
@@ -49,6 +51,11 @@ class EvalSettings:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     metrics: tuple[str, ...] | None = None
     key: str = "--data"
+    samples: int = 1
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or (self.samples > 1 and not self.generation.do_sample):
+            raise LightFTError(f"samples {self.samples}: give 1, or more than 1 with sampling on (do_sample true).")
 
 
 @dataclass
@@ -95,22 +102,26 @@ def evaluate_model(
     reference: nn.Module | None = None,
 ) -> ModelReport:
     """Generate for the held-out prompts and compute every figure that applies (see the module's docstring)."""
-    items = load_prompts(spec, tokenizer, settings)
+    examples = load_prompts(spec, tokenizer, settings)
+    items = [{**item, "sample": k} for item in examples for k in range(settings.samples)]
     completions, seconds, new_tokens = _complete(network, tokenizer, items, settings)
     prompts = [tokenizer.decode(item["prompt_ids"], skip_special_tokens=False) for item in items]
     references = [item["reference"] for item in items]
     rows = [
         {"index": item["index"], "prompt": prompt, "completion": completion, "reference": ref}
+        | ({"sample": item["sample"]} if settings.samples > 1 else {})
         for item, prompt, completion, ref in zip(items, prompts, completions, references, strict=True)
     ]
-    summary: dict[str, Any] = {"examples": len(items), "tokens_per_second": new_tokens / max(seconds, 1e-9)}
+    summary: dict[str, Any] = {"examples": len(examples), "tokens_per_second": new_tokens / max(seconds, 1e-9)}
+    if settings.samples > 1:
+        summary["samples"] = settings.samples
     if all(r.strip() for r in references):
         with_json = metrics.json_references(references)
         scores = [metrics.per_example(c, r, with_json) for c, r in zip(completions, references, strict=True)]
         for row, figures in zip(rows, scores, strict=True):
             row.update(figures)
         summary.update(metrics.corpus(completions, references, scores))
-        summary.update(_loss(network, tokenizer, spec, settings, len(items)))
+        summary.update(_loss(network, tokenizer, spec, settings, len(examples)))
     if reward is not None:
         _add(rows, summary, "reward", score(reward, prompts, completions, references).tolist())
     if reward_model is not None:

@@ -89,6 +89,11 @@ class EvalSpec:
         limit: At most N held-out examples.
         max_new_tokens: Longest answer.
         batch_size: Prompts generated together.
+        samples: Also assess the sampled policy: this many samples per prompt at `temperature` (0: greedy only).
+            Its figures are the table's `sampled/*` columns; the KL there is the sequence KL's estimate on the
+            policy's own samples.
+        temperature: Sampling temperature of those samples.
+        seed: Random seed of those samples (the same for every stage).
     """
 
     data: str
@@ -98,6 +103,9 @@ class EvalSpec:
     limit: int | None = None
     max_new_tokens: int = 64
     batch_size: int = 32
+    samples: int = 0
+    temperature: float = 1.0
+    seed: int = 0
 
 
 @dataclass
@@ -139,6 +147,8 @@ def load(path: str | Path, root: str | None = None) -> PipelineConfig:
         _known(raw["eval"], {f.name for f in fields(EvalSpec)}, f"{path}: eval")
         if "data" not in raw["eval"]:
             raise LightFTError(f"{path}: eval.data: missing; name the held-out file every stage is assessed on.")
+        if not isinstance(raw["eval"].get("samples", 0), int) or raw["eval"].get("samples", 0) < 0:
+            raise LightFTError(f"{path}: eval.samples: {raw['eval']['samples']!r}; give a count >= 0 (0: greedy only).")
         evaluation = EvalSpec(**raw["eval"])
     config = PipelineConfig(Path(root or raw.get("root") or f"runs/{path.stem}"), stages, evaluation, path)
     _check(config)

@@ -30,6 +30,8 @@ from lightft.rl.rewards import RewardModelScorer
 
 RECORD, EXPORT, PAIRS = "stage.json", "export", "pairs.jsonl"
 COLUMNS = ("reward", "reward_model", "json_valid", "field_match", "exact_match", "loss", "kl_to_reference")
+SAMPLED = ("reward", "reward_model", "json_valid", "field_match", "kl_to_reference")  # of the sampled policy
+ALL_COLUMNS = COLUMNS + tuple(f"sampled/{name}" for name in SAMPLED)
 
 
 def definition(config: PipelineConfig, stage: Stage) -> str:
@@ -214,25 +216,38 @@ def _assess(
     scorer = RewardModelScorer(resolve(spec.reward_model, outputs)) if ready else None  # once its stage has run
     reward = _reward(spec.reward, None)
     report = evaluate_model(network, tokenizer, DatasetSpec(spec.data), settings, reward, scorer, reference_net)
-    if reference == model:
-        report.summary["kl_to_reference"] = 0.0
-    shown = ", ".join(f"{k} {report.summary[k]:.4f}" for k in COLUMNS if report.summary.get(k) is not None)
-    print(f"[pipeline] held-out ({report.summary['examples']} examples) {model}: {shown}", flush=True)
+    summary, rows = report.summary, {"predictions.jsonl": report.rows}
+    if spec.samples:  # the sampled policy: what PPO optimises and pairs are drawn from
+        torch.manual_seed(spec.seed)
+        generation = GenerationSettings(spec.max_new_tokens, do_sample=True, temperature=spec.temperature)
+        sampled = dataclasses.replace(settings, generation=generation, samples=spec.samples)
+        extra = evaluate_model(network, tokenizer, DatasetSpec(spec.data), sampled, reward, scorer, reference_net)
+        summary.update({f"sampled/{k}": extra.summary[k] for k in SAMPLED if k in extra.summary})
+        rows["sampled_predictions.jsonl"] = extra.rows
+    if reference == model:  # the reference stage itself
+        summary.update({"kl_to_reference": 0.0} | ({"sampled/kl_to_reference": 0.0} if spec.samples else {}))
+    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in ALL_COLUMNS if summary.get(k) is not None)
+    print(f"[pipeline] held-out ({summary['examples']} examples) {model}: {shown}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in report.rows))
+    for name, values in rows.items():
+        (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in values))
     del network, reference_net
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return report.summary
+    return summary
 
 
 def table(records: list[dict[str, Any]]) -> str:
     """One row per stage: its kind, minutes, and held-out figures (pairs stages: pairs written)."""
-    shown = [c for c in COLUMNS if any(c in (r.get("eval") or {}) for r in records)]
-    header = f"{'stage':<14}{'kind':<16}{'min':>6}" + "".join(f"{c:>16}" for c in shown)
+    shown = [c for c in ALL_COLUMNS if any(c in (r.get("eval") or {}) for r in records)]
+    widths = [max(10, len(c) + 2) for c in shown]
+    header = f"{'stage':<14}{'kind':<16}{'min':>6}" + "".join(f"{c:>{w}}" for c, w in zip(shown, widths, strict=True))
     lines = [header]
     for record in records:
         figures = record.get("eval") or {}
-        cells = "".join(f"{figures[c]:>16.4f}" if figures.get(c) is not None else f"{'-':>16}" for c in shown)
+        cells = "".join(
+            f"{figures[c]:>{w}.4f}" if figures.get(c) is not None else f"{'-':>{w}}"
+            for c, w in zip(shown, widths, strict=True)
+        )
         if record["kind"] == "generate_pairs":
             pairs = record["pairs"]
             cells = (

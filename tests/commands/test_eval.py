@@ -86,6 +86,20 @@ def test_kl_to_the_reference_equals_a_position_by_position_computation(tmp_path,
         assert row["kl_to_reference"] == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
+def test_samples_score_the_sampled_policy_over_every_sample(tmp_path, tiny_weights_dir):
+    """`--samples 3 --do_sample true`: three sampled answers per prompt, each scored; the summary is their mean."""
+    tiny = str(tiny_weights_dir)
+    summary = evaluate(tiny, VAL, out=str(tmp_path / "e"), reference=tiny, reward=JSONMatchReward(), limit=2,
+                       max_new_tokens=6, do_sample=True, samples=3)["model"]  # fmt: skip
+    rows = _rows(tmp_path / "e" / "predictions.jsonl")
+    assert [(r["index"], r["sample"]) for r in rows] == [(i, k) for i in range(2) for k in range(3)]
+    assert summary["examples"] == 2 and summary["samples"] == 3
+    assert len({r["completion"] for r in rows}) > 1  # sampled, not one decode repeated (a random tiny model)
+    for name in ("rouge_l", "field_match", "reward", "kl_to_reference"):
+        assert summary[name] == pytest.approx(sum(r[name] for r in rows) / 6), name
+    assert summary["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_a_file_without_answers_gets_generation_only_figures(tmp_path, tiny_weights_dir):
     prompts = write_jsonl(
         tmp_path / "p.jsonl", [{"prompt": "Say hi.", "completion": ""}, {"prompt": "Count.", "completion": ""}]
@@ -101,6 +115,7 @@ def test_a_file_without_answers_gets_generation_only_figures(tmp_path, tiny_weig
         (["--max_prompt_length", "5"], r"val.jsonl' row 0: the prompt is \d+ tokens, over the generation budget"),
         (["--metrics", "[bleu4]"], r"--metrics"),
         (["--model", "MISSING.ckpt"], r"--model: checkpoint '.*missing.ckpt' not found"),
+        (["--samples", "4"], r"--samples 4: give 1, or more than 1 together with --do_sample true"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_out_untouched(tmp_path, tiny_weights_dir, capsys, args, message):

@@ -40,8 +40,20 @@ def test_every_stage_runs_and_the_table_holds_each(finished):
         assert figures["kl_to_reference"] > 0 and {"reward", "reward_model", "field_match", "loss"} <= set(figures)
     for key in ("reward", "reward_model", "field_match", "loss", "kl_to_reference"):  # the same model, greedy
         assert records["final"]["eval"][key] == pytest.approx(records["dpo2"]["eval"][key]), key
+    for key in ("reward", "reward_model", "field_match", "kl_to_reference"):  # and sampled with the same seed
+        assert records["final"]["eval"][f"sampled/{key}"] == pytest.approx(records["dpo2"]["eval"][f"sampled/{key}"])
+    assert (
+        records["sft"]["eval"]["sampled/kl_to_reference"] == 0.0
+        and records["ppo"]["eval"]["sampled/kl_to_reference"] > 0
+    )
+    sampled = [
+        json.loads(line) for line in (root / "ppo" / "eval" / "sampled_predictions.jsonl").read_text().splitlines()
+    ]
+    assert [(r["index"], r["sample"]) for r in sampled] == [(i, k) for i in range(4) for k in range(2)]
+    assert records["ppo"]["eval"]["sampled/reward"] == pytest.approx(sum(r["reward"] for r in sampled) / 8)
     table = (root / "results.md").read_text()
     assert [line.split()[0] for line in table.splitlines()[1:]] == list(records)
+    assert "sampled/reward" in table.splitlines()[0]
     assert "held-out pair accuracy" in table and re.search(r"pairs\s+generate_pairs.*\d+ pairs / 24 prompts", table)
     assert json.loads((root / "results.json").read_text())[0]["name"] == "sft"
 
