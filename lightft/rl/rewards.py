@@ -166,10 +166,29 @@ class StrictJSONReward:
         return fields_matched(got, want) * (1.0 if strict_json(completion) else self.surrounded)
 
 
+def _template_turn(tokenizer: Any) -> tuple[str, str]:
+    """(the chat template's assistant header, the text it writes after an assistant message); ("", "") without a
+    template or when the template does not render a turn around its content.
+    """  # noqa: D205
+    if not getattr(tokenizer, "chat_template", None):
+        return "", ""
+    marker, user = "\u2063lightft\u2063", [{"role": "user", "content": "q"}]
+    try:
+        bare = tokenizer.apply_chat_template(user, tokenize=False)
+        asking = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        turn = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # a template that cannot render this probe: fall back to EOS
+        return "", ""
+    if not asking.startswith(bare) or marker not in turn:
+        return "", ""
+    return asking[len(bare) :], turn[turn.rindex(marker) + len(marker) :]
+
+
 class RewardModelScorer:
     """A trained reward model as a reward function: an exported directory (`lightft export --merge true`) or any
-    `*ForSequenceClassification` checkpoint with one label, scoring `prompt + completion + EOS` with its own
-    tokenizer. It is loaded on first use, frozen, on the device it is moved to by `to`.
+    `*ForSequenceClassification` checkpoint with one label, scoring the text training scored: `prompt + completion`
+    + the chat template's end of an assistant turn (a chat prompt) or EOS (plain text), with its own tokenizer. It
+    is loaded on first use, frozen, on the device it is moved to by `to`.
 
     Args:
         path: Directory of the reward model (transformers format).
@@ -181,6 +200,7 @@ class RewardModelScorer:
         self.path, self.batch_size, self.max_length = path, batch_size, max_length
         self.device = torch.device("cpu")
         self._model = self._tokenizer = None
+        self._turn: tuple[str, str] | None = None  # (assistant header, text after an assistant turn)
 
     def to(self, device: torch.device) -> RewardModelScorer:
         """Score on `device` (the policy's)."""
@@ -198,6 +218,16 @@ class RewardModelScorer:
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         return float(sum(p.numel() for p in model.parameters()) * dtype.itemsize)
 
+    def _end_of_turn(self, prompt: str) -> str:
+        """What training put after a completion: the chat template's text after an assistant turn (ChatML's
+        `<|im_end|>` and newline) when the prompt ends with the template's assistant header, else EOS. The score is
+        read at the last token, so it must be the token the reward model was trained to score at.
+        """  # noqa: D205
+        if self._turn is None:
+            self._turn = _template_turn(self._tokenizer)
+        header, after = self._turn
+        return after if header and prompt.endswith(header) else (self._tokenizer.eos_token or "")
+
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -213,8 +243,7 @@ class RewardModelScorer:
         """The reward model's scalar score of each prompt + completion."""
         if self._model is None:
             self._load()
-        eos = self._tokenizer.eos_token or ""
-        texts = [p + c + eos for p, c in zip(prompts, completions, strict=True)]
+        texts = [p + c + self._end_of_turn(p) for p, c in zip(prompts, completions, strict=True)]
         scores = []
         for i in range(0, len(texts), self.batch_size):
             enc = self._tokenizer(

@@ -160,10 +160,10 @@ PROMPTS = ["<|im_start|>user\nOrder?<|im_end|>\n<|im_start|>assistant\n"] * 3
 COMPLETIONS = ['{"item": "latte"}', "no", "two lattes at Oak Street, please, and a muffin"]
 
 
-def test_reward_model_scorer_scores_prompt_completion_and_eos(reward_dir, tokenizer):
+def test_reward_model_scorer_scores_prompt_completion_and_the_end_of_the_turn(reward_dir, tokenizer):
     scorer = RewardModelScorer(str(reward_dir), batch_size=2)  # 3 texts: a padded batch of 2, then 1
     scores = torch.as_tensor(scorer(PROMPTS, COMPLETIONS, [""] * 3))
-    texts = [p + c + tokenizer.eos_token for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
+    texts = [p + c + "<|im_end|>\n" for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]  # the ChatML turn's end
     expected = [forward_score(reward_dir, tokenizer, text) for text in texts]
     torch.testing.assert_close(scores, torch.tensor(expected), rtol=1e-4, atol=1e-5)
     assert len(set(scores.tolist())) == 3  # the texts are told apart
@@ -171,8 +171,29 @@ def test_reward_model_scorer_scores_prompt_completion_and_eos(reward_dir, tokeni
     torch.testing.assert_close(torch.as_tensor(one_at_a_time), scores, rtol=1e-4, atol=1e-5)  # padding changes none
 
 
+def test_the_scorer_scores_where_reward_model_training_scored(reward_dir, tokenizer, tmp_path):
+    """The score of (prompt, completion) is the saved model's score of the pair side training encoded: the same
+    last token (ChatML's newline after `<|im_end|>`); a plain-text prompt ends with EOS, as plain examples do.
+    """  # noqa: D205
+    from lightft.data.preference import encode_preferences
+    from lightft.data.sources import DatasetSpec
+    from tests.conftest import write_jsonl
+
+    rows = [{"prompt": [{"role": "user", "content": "Order?"}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": "no thanks"}]} for c in COMPLETIONS]  # fmt: skip
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    encoded, _, _ = encode_preferences(DatasetSpec(str(path)), "data.train", tokenizer, 256, "right")
+    trained = [forward_score(reward_dir, tokenizer, tokenizer.decode(row["chosen_ids"])) for row in encoded]
+    scores = RewardModelScorer(str(reward_dir))(PROMPTS, COMPLETIONS, [""] * 3)
+    torch.testing.assert_close(torch.as_tensor(scores), torch.tensor(trained), rtol=1e-4, atol=1e-5)
+    plain = RewardModelScorer(str(reward_dir))(["Order? "], ["two"], [""])
+    torch.testing.assert_close(
+        torch.as_tensor(plain)[0].item(), forward_score(reward_dir, tokenizer, "Order? two<|im_end|>")
+    )
+
+
 def test_reward_model_scorer_keeps_the_end_of_a_long_text(reward_dir, tokenizer):
-    text = PROMPTS[2] + COMPLETIONS[2] + tokenizer.eos_token
+    text = PROMPTS[2] + COMPLETIONS[2] + "<|im_end|>\n"
     assert len(tokenizer(text, add_special_tokens=False).input_ids) > 8
     scores = RewardModelScorer(str(reward_dir), max_length=8)(PROMPTS[2:], COMPLETIONS[2:], [""])
     assert scores[0].item() == pytest.approx(forward_score(reward_dir, tokenizer, text, keep=8), abs=1e-5)
