@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Offline before huggingface_hub is imported (it reads these once): a Hub lookup fails at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# encodings cached by content (lightft.data.cache) in a directory of this test session, shared by its subprocesses
+os.environ.setdefault("LIGHTFT_CACHE", tempfile.mkdtemp(prefix="lightft-test-cache-"))
 
 from pathlib import Path  # noqa: E402
 

@@ -137,3 +137,18 @@ def preempt(tmp_path: Path, signum: int, *extra: str) -> dict[str, torch.Tensor]
 
 def test_sigterm_checkpoints_at_a_step_boundary_and_resumes_bitwise(tmp_path, straight):
     assert_same(preempt(tmp_path, signal.SIGTERM), straight)
+
+
+def test_a_mixture_killed_mid_epoch_resumes_bitwise(tmp_path):
+    """Two sources drawn 3:1 (one upsampled past its size): killed mid-step, resumed, equal to a straight run."""
+    mixture = tmp_path / "mixture.yaml"
+    shapes = ROOT / "tests" / "assets" / "shapes"
+    sources = [{"path": str(ROOT / "data" / "quickstart" / "train.jsonl"), "max_examples": 24, "weight": 3.0},
+               {"path": str(shapes / "sharegpt.jsonl"), "weight": 1.0}]  # fmt: skip
+    mixture.write_text(json.dumps({"data": {"init_args": {"train": sources}}}))
+    code, out = fit(tmp_path / "straight", "--config", str(mixture))
+    assert code == 0 and "mixture of 2" in out, out[-3000:]
+    batch = random.Random().randrange(5, 2 * STEPS - 2)
+    code, out = fit(tmp_path / "killed", "--config", str(mixture), callbacks=(kill_at(batch),))
+    assert code == -signal.SIGKILL, (batch, out[-2000:])
+    assert_same(resume(tmp_path / "killed", "--config", str(mixture)), weights(tmp_path / "straight"))

@@ -18,14 +18,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightft.data.batch_report import BatchReport, report_batches
 from lightft.data.batches import Batch
+from lightft.data.mixture import Mixture
 from lightft.data.sampling import PlannedBatchSampler, ResumableDataLoader
 from lightft.data.sources import DatasetSpec
 from lightft.errors import LightFTError
 from lightft.models.loading import ModelSpec, load_tokenizer
 
 KEY = "data.init_args"
+Sources = DatasetSpec | str | list[DatasetSpec | str] | None  # one source, or a mixture
 BatchSizeUnit = Literal["rows", "examples", "tokens"]
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
+def sources(value: Sources, key: str, seed: int) -> DatasetSpec | Mixture | None:
+    """A split's configured data: None, one `DatasetSpec`, or a `Mixture` (a list, or one source with `examples`)."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        specs = tuple(DatasetSpec(v) if isinstance(v, str) else v for v in value)
+        return Mixture(specs, seed, key)
+    spec = DatasetSpec(value) if isinstance(value, str) else value
+    if spec.weight is not None:
+        raise LightFTError(f"{key}.weight: a weight is a share of a mixture; give a list of sources, or drop it.")
+    return Mixture((spec,), seed, key) if spec.examples is not None else spec
 
 
 class TokenDataModule(pl.LightningDataModule):
@@ -36,8 +51,10 @@ class TokenDataModule(pl.LightningDataModule):
     own arguments and forwards these with `**kwargs`.
 
     Args:
-        train: Training data: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...).
-        val: Validation data. Alternatively set `val_fraction`.
+        train: Training data: a path or Hub name, or a full `DatasetSpec` (format, columns, split, ...), or a list
+            of them, a mixture: each source with a `weight` (its share) or `examples` (a count per epoch); see
+            `lightft.data.mixture`.
+        val: Validation data (one source or a mixture). Alternatively set `val_fraction`.
         val_fraction: Hold out this fraction of `train` (seeded) for validation.
         test: Data for `lightft test`.
         tokenizer: Whose tokenizer to use; linked from `model.init_args.model` by the CLI.
@@ -46,22 +63,25 @@ class TokenDataModule(pl.LightningDataModule):
             it in its `batch_size_unit`.
         group_by_length: Batch examples of similar length together (less padding).
         num_workers: DataLoader worker processes.
-        seed: Seed for shuffling and the validation split.
+        seed: Seed for shuffling, the validation split and a mixture's draws.
+        num_proc: Processes that tokenize a split (`datasets.map`); None: this process. Encodings are cached by
+            the data's content either way.
     """
 
     def __init__(
         self,
         *,
-        train: DatasetSpec | str | None = None,
-        val: DatasetSpec | str | None = None,
+        train: Sources = None,
+        val: Sources = None,
         val_fraction: float = 0.0,
-        test: DatasetSpec | str | None = None,
+        test: Sources = None,
         tokenizer: ModelSpec | None = None,
         max_length: int = 1024,
         batch_size: int = 4,
         group_by_length: bool = True,
         num_workers: int = 0,
         seed: int = 42,
+        num_proc: int | None = None,
     ) -> None:
         super().__init__()
         specs = {"train": train, "val": val, "test": test}
@@ -71,7 +91,10 @@ class TokenDataModule(pl.LightningDataModule):
             raise LightFTError(f"{KEY}.val: give either a validation file or val_fraction, not both.")
         if batch_size < 1 or max_length < 2:
             raise LightFTError(f"{KEY}: batch_size must be >= 1 and max_length >= 2.")
-        self.specs = {name: DatasetSpec(spec) if isinstance(spec, str) else spec for name, spec in specs.items()}
+        if num_proc is not None and num_proc < 1:
+            raise LightFTError(f"{KEY}.num_proc: must be >= 1 (or null for this process), got {num_proc}.")
+        self.num_proc = num_proc
+        self.specs = {name: sources(spec, f"{KEY}.{name}", seed) for name, spec in specs.items()}
         self.val_fraction, self.tokenizer_spec = val_fraction, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
         self.group_by_length, self.num_workers, self.seed = group_by_length, num_workers, seed

@@ -101,6 +101,7 @@ class TokenBatch(Batch):
         normaliser: Trained tokens (SFT) or examples (pairs, unpaired rows) of the whole optimizer step, all
             micro-batches on all ranks; None outside planned training batches.
         rows: The dataset rows in each batch row (a packed row holds several), for diagnostics.
+        weights: (R, T) float32 loss weight of each token (per-message `weight` in the data); None: all 1.
     """
 
     what: ClassVar[str] = "token ids with labels"
@@ -111,6 +112,7 @@ class TokenBatch(Batch):
     n_tokens: Tensor | None = None
     normaliser: Tensor | None = None
     rows: list[list[int]] | None = None
+    weights: Tensor | None = None
 
     @property
     def size(self) -> int:

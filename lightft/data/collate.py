@@ -66,6 +66,11 @@ class Collator:
             input_ids[row, : lengths[row]] = torch.tensor(item["input_ids"])
             labels[row, : lengths[row]] = torch.tensor(item["labels"])
         packed = items[0].get("position_ids") is not None
+        weights = None
+        if any(item.get("weights") for item in items):  # per-token loss weights; padding weighs 0
+            weights = torch.zeros((len(items), width), dtype=torch.float32)
+            for row, item in enumerate(items):
+                weights[row, : lengths[row]] = torch.tensor(item.get("weights") or [1.0] * lengths[row])
         return TokenBatch(
             input_ids=input_ids,
             labels=labels,
@@ -74,6 +79,7 @@ class Collator:
             n_tokens=torch.tensor(sum(lengths)) if packed else None,  # no attention mask to count real tokens from
             normaliser=_normaliser(items),
             rows=[item["rows"] for item in items] if items[0].get("rows") is not None else None,
+            weights=weights,
         )
 
 

@@ -22,8 +22,9 @@ class TokenDataset(Dataset):
     """Encoded rows (`input_ids`, `labels`), one item per example or per pack of examples (SFT).
 
     An item holds `input_ids`, `labels`, `position_ids` (restarting per example; None unless packed), `rows` (the
-    examples in it) and `normaliser` (trained tokens in the whole optimizer step; None outside planned batches). A
-    planner's key may be a tuple of example indices: one row packed from those examples (the planner packs by step).
+    examples in it), `weights` (per-token loss weights, only when the data has some) and `normaliser` (trained
+    tokens in the whole optimizer step; None outside planned batches). A planner's key may be a tuple of example
+    indices: one row packed from those examples (the planner packs by step).
 
     Args:
         rows: Sequence of dicts (e.g. a `datasets.Dataset`) with `input_ids`, `labels`, `length` and `n_trained`.
@@ -38,6 +39,7 @@ class TokenDataset(Dataset):
         self.trained = [sum(trained[i] for i in unit) for unit in units]
         self.docs = [len(unit) for unit in units]  # examples per item
         self.n_examples = len(lengths)
+        self.weighted = "weights" in getattr(rows, "column_names", ())  # per-token loss weights (some != 1)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -51,17 +53,23 @@ class TokenDataset(Dataset):
         else:
             row = self.rows[index]
             item = {"input_ids": row["input_ids"], "labels": row["labels"], "position_ids": None, "rows": [index]}
+            if self.weighted:
+                item["weights"] = row["weights"] or [1.0] * len(row["input_ids"])
         return {**item, "normaliser": normaliser}
 
     def _packed(self, indices: list[int]) -> dict[str, Any]:
         """The examples `indices` concatenated into one row, positions restarting per example."""
         docs = self.rows[indices]
-        return {
+        item = {
             "input_ids": [t for ids in docs["input_ids"] for t in ids],
             "labels": [t for labels in docs["labels"] for t in labels],
             "position_ids": [p for ids in docs["input_ids"] for p in range(len(ids))],
             "rows": indices,
         }
+        if self.weighted:
+            pairs = zip(docs["weights"], docs["input_ids"], strict=True)
+            item["weights"] = [w for weights, ids in pairs for w in (weights or [1.0] * len(ids))]
+        return item
 
 
 class ExampleDataset(Dataset):

@@ -1,7 +1,12 @@
 """Dataset formats (TRL's field names) -> normalised `Example`s.
 
-SFT formats: conversational `messages`; `prompt`/`completion` (plain strings or lists of messages); alpaca
-`instruction`/`input`/`output`; plain `text`. Preference formats (encoded by `lightft.data.preference`):
+SFT formats: conversational `messages`; ShareGPT `conversations` (`{from, value}` turns, roles human/gpt/system/
+tool/observation/function_call, other names through a `roles` mapping, optional `system` and `tools` columns);
+`prompt`/`completion` (plain strings or lists of messages); alpaca `instruction`/`input`/`output`; plain `text`.
+Conversations may carry tools: `tool_calls` on assistant turns (arguments a JSON object or its text), `tool` turns
+(never trained) and a `tools` column of function schemas handed to the chat template. A message's `train: false`
+or `weight: w` (a loss weight >= 0; 0 = not trained) and the source's `train_on` (`all_assistant` or
+`last_assistant`) choose what trains. Preference formats (encoded by `lightft.data.preference`):
 `prompt`/`chosen`/`rejected` and implicit-prompt `chosen`/`rejected` (a pair of examples, `to_pair`), unpaired
 `prompt`/`completion`/`label` (KTO, `to_unpaired`); and `prompt` alone for RL. A column mapping renames a dataset's
 own fields (dotted paths reach into nested records, e.g. `{prompt: question, completion: answer.value}`).
@@ -9,6 +14,7 @@ own fields (dotted paths reach into nested records, e.g. `{prompt: question, com
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,6 +24,7 @@ from lightft.errors import LightFTError
 FormatName = Literal[
     "auto",
     "messages",
+    "sharegpt",
     "prompt_completion",
     "alpaca",
     "text",
@@ -29,6 +36,7 @@ FormatName = Literal[
 # in order of detection preference (TRL's field names)
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
+    "sharegpt": ("conversations",),
     "preference": ("prompt", "chosen", "rejected"),
     "implicit_preference": ("chosen", "rejected"),
     "unpaired_preference": ("prompt", "completion", "label"),
@@ -37,8 +45,13 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
     "prompt_only": ("prompt",),
 }
-SFT_FORMATS = ("messages", "prompt_completion", "alpaca", "text")
+SFT_FORMATS = ("messages", "sharegpt", "prompt_completion", "alpaca", "text")
+CONVERSATION_FORMATS = ("messages", "sharegpt")
 ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT's role names (`from`), LLaMA-Factory's included; a source's `roles` mapping adds or overrides names
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "tool": "tool", "observation": "tool", "function_call": "assistant"}  # fmt: skip
+TrainOn = Literal["all_assistant", "last_assistant"]
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{context}. Write a response that appropriately completes the "
     "request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
@@ -53,9 +66,11 @@ class Example:
     (text, trains) joined without a template.
     """
 
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     trained_turns: list[int] = field(default_factory=list)
     segments: list[tuple[str, bool]] = field(default_factory=list)
+    weights: dict[int, float] = field(default_factory=dict)  # trained turn -> loss weight, when not 1
+    tools: list[dict[str, Any]] | None = None  # function schemas for the chat template
 
     @property
     def conversational(self) -> bool:
@@ -97,14 +112,34 @@ def remap(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def to_example(row: Mapping[str, Any], fmt: str, conversational_alpaca: bool, where: str) -> Example:
+@dataclass(frozen=True)
+class Conversations:
+    """How a source's conversations are read: role names and which assistant turns train.
+
+    Args:
+        roles: The dataset's role names -> lightft's (`system`, `user`, `assistant`, `tool`), on top of
+            ShareGPT's usual names (`human`, `gpt`, `observation`, `function_call`, ...).
+        train_on: `all_assistant` (every assistant turn not marked `train: false` / `weight: 0`) or
+            `last_assistant` (only the conversation's last assistant turn).
+    """
+
+    roles: Mapping[str, str] | None = None
+    train_on: TrainOn = "all_assistant"
+
+
+def to_example(
+    row: Mapping[str, Any],
+    fmt: str,
+    conversational_alpaca: bool,
+    where: str,
+    conversations: Conversations = Conversations(),
+) -> Example:
     """Convert one row of a dataset in format `fmt` to an `Example`; `where` names the row in errors."""
     for name in REQUIRED_FIELDS[fmt]:
         if row.get(name) is None:
             raise LightFTError(f"{where}: field '{name}' is missing or null (format {fmt}); fix the row or drop it.")
-    if fmt == "messages":
-        messages = _messages(row["messages"], "messages", where)
-        return Example(messages, [i for i, m in enumerate(messages) if m["role"] == "assistant"])
+    if fmt in CONVERSATION_FORMATS:
+        return conversation(row, fmt, where, conversations)
     if fmt == "prompt_completion":
         return prompt_completion(row["prompt"], row["completion"], where)
     if fmt == "alpaca":
@@ -123,16 +158,124 @@ def _text(value: Any, name: str, where: str) -> str:
     return value
 
 
-def _messages(value: Any, name: str, where: str) -> list[dict[str, str]]:
+def conversation(row: Mapping[str, Any], fmt: str, where: str, how: Conversations = Conversations()) -> Example:
+    """A `messages` or ShareGPT `conversations` row: its turns, the trained ones (and their weights), its tools."""
+    sharegpt = fmt == "sharegpt"
+    name = "conversations" if sharegpt else "messages"
+    roles = {**SHAREGPT_ROLES, **(how.roles or {})} if sharegpt else dict(how.roles or {})
+    messages, marks = _parse_messages(row[name], name, where, roles)
+    system = row.get("system")
+    if sharegpt and isinstance(system, str) and system.strip() and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})  # LLaMA-Factory's `system` column
+        marks.insert(0, {})
+    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if how.train_on == "last_assistant":
+        assistant = assistant[-1:]
+    trained = [i for i in assistant if marks[i].get("weight", 1.0) > 0]
+    weights = {i: marks[i]["weight"] for i in trained if marks[i].get("weight", 1.0) != 1.0}
+    return Example(messages, trained, weights=weights, tools=_tools(row.get("tools"), where))
+
+
+def _parse_messages(
+    value: Any, name: str, where: str, roles: Mapping[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+    """Messages in the chat template's shape, and each one's training mark ({"weight": w} when given)."""
     if not isinstance(value, list) or not value:
         raise LightFTError(f"{where}: field '{name}' must be a non-empty list of {{role, content}} messages.")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, Mapping) or message.get("role") not in ROLES:
-            raise LightFTError(f"{where}: {name}[{i}] needs a role in {ROLES}, got {message!r:.80}.")
-        messages.append(
-            {"role": message["role"], "content": _text(message.get("content"), f"{name}[{i}].content", where)}
+    messages, marks = [], []
+    for i, raw in enumerate(value):
+        at = f"{name}[{i}]"
+        if not isinstance(raw, Mapping):
+            raise LightFTError(f"{where}: {at} must be a {{role, content}} object, got {raw!r:.80}.")
+        given = raw.get("role", raw.get("from"))
+        role = roles.get(given, given) if isinstance(given, str) else given
+        if role not in ROLES:
+            known = sorted(set(roles) | set(ROLES))
+            raise LightFTError(
+                f"{where}: {at} has role {given!r}, which is not one of {', '.join(known)}; map it in the data "
+                f"source: roles: {{{given}: user|assistant|system|tool}}."
+            )
+        content = raw.get("content", raw.get("value"))
+        message: dict[str, Any] = {"role": role}
+        calls = raw.get("tool_calls")
+        if given == "function_call" and calls is None:  # LLaMA-Factory: the value is the call's JSON
+            calls, content = [_json(content, f"{at}.value", where)], ""
+        if calls is not None:
+            if role != "assistant":
+                raise LightFTError(f"{where}: {at} has tool_calls but role {role!r}; only assistant turns call tools.")
+            message["tool_calls"] = _tool_calls(calls, f"{at}.tool_calls", where)
+            content = "" if content is None else content
+        message["content"] = _text(content, f"{at}.content", where)
+        for key in ("name", "tool_call_id"):  # a tool turn's function name and the call it answers
+            if raw.get(key) is not None:
+                message[key] = raw[key]
+        messages.append(message)
+        marks.append(_mark(raw, role, at, where))
+    return messages, marks
+
+
+def _mark(raw: Mapping[str, Any], role: str, at: str, where: str) -> dict[str, float]:
+    """A message's `train` / `weight` as {"weight": w} (train: false -> 0); only assistant turns can train."""
+    train, weight = raw.get("train"), raw.get("weight")
+    if train is not None and not isinstance(train, bool):
+        raise LightFTError(f"{where}: {at}.train must be true or false, got {train!r}.")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0):
+        raise LightFTError(f"{where}: {at}.weight must be a number >= 0 (0: not trained), got {weight!r}.")
+    if role != "assistant" and (train or (weight or 0) > 0):
+        raise LightFTError(
+            f"{where}: {at} is a {role} turn marked to train; only assistant turns train (drop train/weight there)."
         )
+    if train is False:
+        return {"weight": 0.0}
+    return {} if weight is None else {"weight": float(weight)}
+
+
+def _json(value: Any, at: str, where: str) -> Any:
+    """A JSON value given as itself or as its text; text that does not parse is an error naming where."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise LightFTError(
+            f"{where}: {at} is not valid JSON ({err.msg}, column {err.colno}): {value!r:.60}; fix the row."
+        ) from err
+
+
+def _tool_calls(calls: Any, at: str, where: str) -> list[dict[str, Any]]:
+    """OpenAI-style calls `{type: function, function: {name, arguments}}` (or `{name, arguments}`), arguments parsed."""
+    if not isinstance(calls, list) or not calls:
+        raise LightFTError(f"{where}: {at} must be a non-empty list of {{name, arguments}} calls.")
+    out = []
+    for k, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise LightFTError(f"{where}: {at}[{k}] needs a function name: {{name, arguments}}, got {call!r:.80}.")
+        arguments = _json(function.get("arguments", {}), f"{at}[{k}].arguments", where)
+        if not isinstance(arguments, Mapping):
+            raise LightFTError(f"{where}: {at}[{k}].arguments must be a JSON object, got {arguments!r:.60}.")
+        entry: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+        if isinstance(call, Mapping) and call.get("id") is not None:
+            entry["id"] = call["id"]
+        out.append(entry)
+    return out
+
+
+def _tools(value: Any, where: str) -> list[dict[str, Any]] | None:
+    """The `tools` column: a list of function schemas (or its JSON text); None when absent or empty."""
+    if value is None or value == "" or value == []:
+        return None
+    tools = _json(value, "tools", where)
+    if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
+        raise LightFTError(f"{where}: tools must be a list of function schemas (JSON objects), got {value!r:.60}.")
+    return [dict(t) for t in tools]
+
+
+def _messages(value: Any, name: str, where: str) -> list[dict[str, Any]]:
+    """Plain messages (prompt / completion lists): roles as given, tool calls allowed, no training marks."""
+    messages, marks = _parse_messages(value, name, where, {})
+    if any(marks):
+        raise LightFTError(f"{where}: {name}: train/weight marks apply to conversations (messages), not to {name}.")
     return messages
 
 
@@ -191,8 +334,26 @@ def to_pair(row: Mapping[str, Any], fmt: str, where: str) -> tuple[Example, Exam
     if fmt == "implicit_preference":
         prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"], where)
     else:
-        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        prompt, chosen, rejected = _strip_repeated_prompt(row["prompt"], row["chosen"], row["rejected"])
     return prompt_completion(prompt, chosen, where, "chosen"), prompt_completion(prompt, rejected, where, "rejected")
+
+
+def _strip_repeated_prompt(prompt: Any, chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
+    """UltraFeedback-binarized rows: `chosen`/`rejected` are whole conversations that repeat the `prompt` (a
+    string: the last user turn of their shared beginning; or that beginning itself). Then the shared beginning is
+    the prompt and the rest the completions; any other row is returned as it is.
+    """  # noqa: D205
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        return prompt, chosen, rejected
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    shared = chosen[:k]
+    users = [m for m in shared if isinstance(m, Mapping) and m.get("role") == "user"]
+    repeats = shared == prompt if isinstance(prompt, list) else bool(users) and users[-1].get("content") == prompt
+    if k == 0 or not repeats or k == len(chosen) or k == len(rejected):
+        return prompt, chosen, rejected
+    return shared, chosen[k:], rejected[k:]
 
 
 def to_unpaired(row: Mapping[str, Any], where: str) -> tuple[Example, bool]:

@@ -7,6 +7,7 @@ covers the file, the tokenizer and every encoding setting, so a changed setting 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +15,14 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from lightft.data.cache import cached
 from lightft.data.formats import SFT_FORMATS, check_columns, detect_format, prompt_only, remap, to_example
+from lightft.data.mixture import Mixture, encode_mixture
 from lightft.data.sources import DatasetSpec, Locator, load_rows
 from lightft.data.templates import ExampleEncoder, Truncation
 from lightft.errors import LightFTError
 
-ENCODING_VERSION = "2"
+ENCODING_VERSION = "3"  # 3: loss weights per token, tools, ShareGPT
 # formats a generation prompt can be taken from (the prompt, and the trained part as the reference answer)
 PROMPT_FORMATS = ("messages", "preference", "implicit_preference", "unpaired_preference", "prompt_completion",
                   "alpaca", "prompt_only")  # fmt: skip
@@ -35,6 +38,7 @@ class SplitStats:
     too_long: int
     zero_trained: int
     first_zero: str | None = None
+    mixture: str | None = None  # a mixture's draws: "mixture of 2: a.jsonl 80 of 40, b.jsonl 40 of 100"
 
     def summary(self, name: str, unit: str = "examples") -> str:
         """One line for the log."""
@@ -42,7 +46,15 @@ class SplitStats:
             f"{name}: {self.kept}/{self.rows} {unit} kept; {self.truncated} truncated, {self.too_long} dropped as "
             f"too long, {self.zero_trained} dropped with no trained token"
             + (f" (first: {self.first_zero})" if self.first_zero else "")
+            + (f"; {self.mixture}" if self.mixture else "")
         )
+
+    @classmethod
+    def combined(cls, parts: list[SplitStats], mixture: str) -> SplitStats:
+        """The statistics of a mixture's sources added up, with the description of its draws."""
+        first = next((p.first_zero for p in parts if p.first_zero), None)
+        sums = {f: sum(getattr(p, f) for p in parts) for f in ("rows", "kept", "truncated", "too_long", "zero_trained")}
+        return cls(**sums, first_zero=first, mixture=mixture)
 
 
 def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -58,9 +70,13 @@ def tokenizer_fingerprint(rows: datasets.Dataset, tokenizer: PreTrainedTokenizer
 
 
 def formatted_rows(
-    spec: DatasetSpec, key: str, allowed: tuple[str, ...] = SFT_FORMATS
+    spec: DatasetSpec | Mixture, key: str, allowed: tuple[str, ...] = SFT_FORMATS
 ) -> tuple[datasets.Dataset, str, Locator]:
-    """Rows with the column mapping applied, their format (one of `allowed`) and a row locator for errors."""
+    """Rows with the column mapping applied, their format (one of `allowed`) and a row locator for errors (a
+    mixture: those of its first source).
+    """  # noqa: D205
+    if isinstance(spec, Mixture):
+        spec, key = spec.sources[0], f"{key}[0]"
     rows, where = load_rows(spec, key)
     if spec.columns:
         columns = dict(spec.columns)
@@ -72,31 +88,57 @@ def formatted_rows(
 
 
 def encode_split(
-    spec: DatasetSpec, key: str, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: Truncation
+    spec: DatasetSpec | Mixture,
+    key: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    truncation: Truncation,
+    num_proc: int | None = None,
 ) -> tuple[datasets.Dataset, SplitStats]:
-    """Tokenized, filtered split and its statistics."""
-    rows, fmt, where = formatted_rows(spec, key)
-    encoder = ExampleEncoder(tokenizer, max_length, truncation)
-    chat = bool(tokenizer.chat_template)
+    """Tokenized, filtered split and its statistics (cached by content: `lightft.data.cache`)."""
+    if isinstance(spec, Mixture):
+        mixed, stats, text = encode_mixture(
+            spec, lambda source, at: encode_split(source, at, tokenizer, max_length, truncation, num_proc)
+        )
+        return mixed, SplitStats.combined(stats, text)
 
-    def encode(row: dict[str, Any], index: int) -> dict[str, Any]:
-        encoded = encoder.encode(to_example(row, fmt, chat, where(index)))
-        if encoded is None:
-            return {"input_ids": [], "labels": [], "length": 0, "n_trained": 0, "truncated": True, "too_long": True}
-        return {
-            "input_ids": encoded.input_ids,
-            "labels": encoded.labels,
-            "length": len(encoded.input_ids),
-            "n_trained": encoded.n_trained,
-            "truncated": encoded.truncated,
-            "too_long": False,
-        }
+    def build() -> tuple[datasets.Dataset, dict[str, Any]]:
+        rows, fmt, where = formatted_rows(spec, key)
+        encoder = ExampleEncoder(tokenizer, max_length, truncation)
+        chat, conversations = bool(tokenizer.chat_template), spec.conversations
 
-    fingerprint = tokenizer_fingerprint(rows, tokenizer, fmt, max_length, truncation)
-    encoded = rows.map(
-        encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint, desc="tokenizing"
-    )
-    return filter_untrainable(encoded, spec, key, where)
+        def encode(row: dict[str, Any], index: int) -> dict[str, Any]:
+            encoded = encoder.encode(to_example(row, fmt, chat, where(index), conversations))
+            if encoded is None:
+                return {"input_ids": [], "labels": [], "weights": [], "length": 0, "n_trained": 0, "truncated": True,
+                        "too_long": True}  # fmt: skip
+            return {
+                "input_ids": encoded.input_ids,
+                "labels": encoded.labels,
+                "weights": encoded.weights or [],  # empty: every trained token weighs 1
+                "length": len(encoded.input_ids),
+                "n_trained": encoded.n_trained,
+                "truncated": encoded.truncated,
+                "too_long": False,
+            }
+
+        fingerprint = tokenizer_fingerprint(rows, tokenizer, fmt, max_length, truncation, repr(spec))
+        encoded = rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint,
+                           desc="tokenizing", num_proc=num_proc)  # fmt: skip
+        kept, stats = filter_untrainable(encoded, spec, key, where)
+        if not any(kept["weights"]):
+            kept = kept.remove_columns("weights")
+        return kept, dataclasses.asdict(stats)
+
+    parts = cache_key(spec, tokenizer, "sft", max_length, truncation)
+    kept, stats = cached(parts, build)
+    return kept, SplitStats(**stats)
+
+
+def cache_key(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, *settings: Any) -> tuple[Any, ...] | None:
+    """What an encoding depends on: the source's content and options, the tokenizer, the settings; None: Hub data."""
+    digest = spec.digest()
+    return None if digest is None else (digest, ENCODING_VERSION, _tokenizer_digest(tokenizer), *settings)
 
 
 def filter_untrainable(
@@ -126,20 +168,32 @@ def filter_untrainable(
 
 
 def encode_prompts(
-    spec: DatasetSpec, key: str, tokenizer: PreTrainedTokenizerBase, max_length: int
+    spec: DatasetSpec | Mixture,
+    key: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    num_proc: int | None = None,
 ) -> datasets.Dataset:
     """Generation prompts (`prompt_ids`) and, where the data has one, the reference answer text (`reference`)."""
-    rows, fmt, where = formatted_rows(spec, key, PROMPT_FORMATS)
-    encoder = ExampleEncoder(tokenizer, max_length, "left")
-    chat = bool(tokenizer.chat_template)
+    if isinstance(spec, Mixture):
+        return encode_mixture(spec, lambda s, at: (encode_prompts(s, at, tokenizer, max_length, num_proc), None))[0]
 
-    def encode(row: dict[str, Any], index: int) -> dict[str, Any]:
-        example = to_example(row, fmt, chat, where(index))
-        ids = encoder.encode_prompt(prompt_only(example))[-max_length:]
-        return {"prompt_ids": ids, "reference": _reference(example)}
+    def build() -> tuple[datasets.Dataset, dict[str, Any]]:
+        rows, fmt, where = formatted_rows(spec, key, PROMPT_FORMATS)
+        encoder = ExampleEncoder(tokenizer, max_length, "left")
+        chat, conversations = bool(tokenizer.chat_template), spec.conversations
 
-    fingerprint = tokenizer_fingerprint(rows, tokenizer, "prompts", fmt, max_length)
-    return rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint)
+        def encode(row: dict[str, Any], index: int) -> dict[str, Any]:
+            example = to_example(row, fmt, chat, where(index), conversations)
+            ids = encoder.encode_prompt(prompt_only(example))[-max_length:]
+            return {"prompt_ids": ids, "reference": _reference(example)}
+
+        fingerprint = tokenizer_fingerprint(rows, tokenizer, "prompts", fmt, max_length, repr(spec))
+        encoded = rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint,
+                           num_proc=num_proc)  # fmt: skip
+        return encoded, {}
+
+    return cached(cache_key(spec, tokenizer, "prompts", max_length), build)[0]
 
 
 def _reference(example: Any) -> str:

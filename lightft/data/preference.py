@@ -9,15 +9,19 @@ labels only on their completion tokens. A pair in which either side trains on no
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from lightft.data.cache import cached
 from lightft.data.formats import to_pair, to_unpaired
-from lightft.data.pipeline import SplitStats, filter_untrainable, formatted_rows, tokenizer_fingerprint
+from lightft.data.mixture import Mixture, encode_mixture
+from lightft.data.pipeline import SplitStats, cache_key, filter_untrainable, formatted_rows, tokenizer_fingerprint
 from lightft.data.sources import DatasetSpec
 from lightft.data.templates import Encoded, ExampleEncoder, Truncation
+from lightft.errors import LightFTError
 
 PAIRED_FORMATS = ("preference", "implicit_preference")
 PREFERENCE_FORMATS = (*PAIRED_FORMATS, "unpaired_preference")
@@ -63,30 +67,83 @@ def _unpaired_columns(encoded: Encoded | None, desirable: bool) -> dict[str, Any
 
 
 def encode_preferences(
-    spec: DatasetSpec, key: str, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: Truncation
+    spec: DatasetSpec | Mixture,
+    key: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    truncation: Truncation,
+    num_proc: int | None = None,
 ) -> tuple[datasets.Dataset, SplitStats, bool]:
     """Encoded split, its statistics, and whether it is paired (chosen/rejected) or unpaired (KTO).
 
     Paired rows: `chosen_ids`, `chosen_labels`, `rejected_ids`, `rejected_labels`; unpaired rows: `input_ids`,
     `labels`, `desirable`. Both: `length` (tokens) and `n_trained`; pairs keep a `margin` column when the data has
-    one. `max_length` bounds each sequence.
+    one (`spec.margin`: a `margin` column, or `score_chosen - score_rejected`). `max_length` bounds each sequence.
+    Cached by content (`lightft.data.cache`).
     """
-    rows, fmt, where = formatted_rows(spec, key, PREFERENCE_FORMATS)
-    encoder = ExampleEncoder(tokenizer, max_length, truncation)
-    paired = fmt in PAIRED_FORMATS
-    with_margin = paired and "margin" in rows.column_names  # reward models: required score gap (Llama 2)
+    if isinstance(spec, Mixture):
+        settings = (tokenizer, max_length, truncation, num_proc)
+        mixed, extras, text = encode_mixture(
+            spec,
+            lambda source, at: _encoded_source(source, at, *settings),
+            kind=lambda extra: "paired" if extra[1] else "unpaired (KTO)",
+        )
+        return mixed, SplitStats.combined([stats for stats, _ in extras], text), extras[0][1]
 
-    def encode(row: dict[str, Any], index: int) -> dict[str, Any]:
-        if paired:
-            chosen, rejected = to_pair(row, fmt, where(index))
-            columns = _pair_columns(encoder.encode(chosen), encoder.encode(rejected))
-            return {**columns, "margin": float(row["margin"])} if with_margin else columns
-        example, desirable = to_unpaired(row, where(index))
-        return _unpaired_columns(encoder.encode(example), desirable)
+    def build() -> tuple[datasets.Dataset, dict[str, Any]]:
+        rows, fmt, where = formatted_rows(spec, key, PREFERENCE_FORMATS)
+        encoder = ExampleEncoder(tokenizer, max_length, truncation)
+        paired = fmt in PAIRED_FORMATS
+        margin = _margin_source(spec, rows.column_names, paired, key)
 
-    fingerprint = tokenizer_fingerprint(rows, tokenizer, "preference", fmt, max_length, truncation)
-    encoded = rows.map(
-        encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint, desc="tokenizing"
-    )
-    kept, stats = filter_untrainable(encoded, spec, key, where)
-    return kept, stats, paired
+        def encode(row: dict[str, Any], index: int) -> dict[str, Any]:
+            if paired:
+                chosen, rejected = to_pair(row, fmt, where(index))
+                columns = _pair_columns(encoder.encode(chosen), encoder.encode(rejected))
+                return {**columns, "margin": _margin(row, margin, where(index))} if margin else columns
+            example, desirable = to_unpaired(row, where(index))
+            return _unpaired_columns(encoder.encode(example), desirable)
+
+        fingerprint = tokenizer_fingerprint(rows, tokenizer, "preference", fmt, max_length, truncation, repr(spec))
+        encoded = rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint,
+                           desc="tokenizing", num_proc=num_proc)  # fmt: skip
+        kept, stats = filter_untrainable(encoded, spec, key, where)
+        return kept, {"stats": dataclasses.asdict(stats), "paired": paired}
+
+    kept, meta = cached(cache_key(spec, tokenizer, "preference", max_length, truncation), build)
+    return kept, SplitStats(**meta["stats"]), meta["paired"]
+
+
+def _encoded_source(
+    spec: DatasetSpec,
+    key: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    truncation: Truncation,
+    num_proc: int | None,
+) -> tuple[datasets.Dataset, tuple[SplitStats, bool]]:
+    rows, stats, paired = encode_preferences(spec, key, tokenizer, max_length, truncation, num_proc)
+    return rows, (stats, paired)
+
+
+def _margin_source(spec: DatasetSpec, columns: list[str], paired: bool, key: str) -> str | None:
+    """Where a pair's margin comes from: `margin` (its column), `scores` (score_chosen - score_rejected) or None."""
+    if not paired or spec.margin == "none":
+        return None
+    if spec.margin == "scores":
+        missing = [c for c in ("score_chosen", "score_rejected") if c not in columns]
+        if missing:
+            raise LightFTError(
+                f"{key}.margin: scores needs the columns score_chosen and score_rejected; '{spec.path}' lacks "
+                f"{missing} (map them with columns: {{score_chosen: ...}})."
+            )
+        return "scores"
+    return "margin" if "margin" in columns else None  # reward models: required score gap (Llama 2)
+
+
+def _margin(row: dict[str, Any], source: str, where: str) -> float:
+    names = ("margin",) if source == "margin" else ("score_chosen", "score_rejected")
+    values = [row.get(name) for name in names]
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+        raise LightFTError(f"{where}: {' and '.join(names)} must be numbers, got {values}; fix the row or drop it.")
+    return float(values[0]) if source == "margin" else float(values[0] - values[1])

@@ -14,13 +14,12 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
-from lightft.data.base import KEY, TokenDataModule
+from lightft.data.base import KEY, Sources, TokenDataModule
 from lightft.data.batches import PairBatch, UnpairedBatch
 from lightft.data.collate import PairCollator, UnpairedCollator
 from lightft.data.datasets import ExampleDataset
 from lightft.data.pipeline import formatted_rows
 from lightft.data.preference import PAIRED_FORMATS, PREFERENCE_FORMATS, encode_preferences
-from lightft.data.sources import DatasetSpec
 from lightft.data.templates import Truncation
 from lightft.errors import LightFTError
 
@@ -41,8 +40,8 @@ class PreferenceDataModule(TokenDataModule):
 
     def __init__(
         self,
-        train: DatasetSpec | str | None = None,
-        val: DatasetSpec | str | None = None,
+        train: Sources = None,
+        val: Sources = None,
         *,
         truncation: Truncation = "right",
         **kwargs: Any,
@@ -55,7 +54,7 @@ class PreferenceDataModule(TokenDataModule):
         """Encoded pairs (or unpaired examples) of split `name`."""
         spec = self.specs[name]
         encoded, stats, paired = encode_preferences(
-            spec, f"{KEY}.{name}", self.load_tokenizer(), self.max_length, self.truncation
+            spec, f"{KEY}.{name}", self.load_tokenizer(), self.max_length, self.truncation, self.num_proc
         )
         kinds = set(self.paired.values()) | {paired}
         if len(kinds) > 1:

@@ -11,14 +11,13 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from lightft.data.base import KEY, TokenDataModule
+from lightft.data.base import KEY, Sources, TokenDataModule
 from lightft.data.batch_report import BatchReport
 from lightft.data.batches import PromptBatch
 from lightft.data.collate import PromptCollator
 from lightft.data.datasets import PromptDataset
 from lightft.data.pipeline import encode_prompts
 from lightft.data.sampling import PlannedBatchSampler
-from lightft.data.sources import DatasetSpec
 
 
 class PromptDataModule(TokenDataModule):
@@ -34,8 +33,8 @@ class PromptDataModule(TokenDataModule):
 
     def __init__(
         self,
-        train: DatasetSpec | str | None = None,
-        val: DatasetSpec | str | None = None,
+        train: Sources = None,
+        val: Sources = None,
         *,
         max_prompt_length: int = 512,
         batch_size: int = 8,
@@ -47,7 +46,7 @@ class PromptDataModule(TokenDataModule):
 
     def encode(self, name: str, report: bool = True) -> Any:
         """Prompt ids and reference texts of split `name`."""
-        return encode_prompts(self.specs[name], f"{KEY}.{name}", self.load_tokenizer(), self.max_length)
+        return encode_prompts(self.specs[name], f"{KEY}.{name}", self.load_tokenizer(), self.max_length, self.num_proc)
 
     def make_dataset(self, rows: Any) -> Dataset:
         """One item per prompt."""

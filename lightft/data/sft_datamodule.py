@@ -13,7 +13,7 @@ from typing import Any, cast
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from lightft.data.base import KEY, BatchSizeUnit, TokenDataModule
+from lightft.data.base import KEY, BatchSizeUnit, Sources, TokenDataModule, sources
 from lightft.data.batches import TokenBatch
 from lightft.data.collate import Collator, PromptCollator, pack_lengths
 from lightft.data.datasets import PromptDataset, TokenDataset
@@ -42,8 +42,8 @@ class SFTDataModule(TokenDataModule):
 
     def __init__(
         self,
-        train: DatasetSpec | str | None = None,
-        val: DatasetSpec | str | None = None,
+        train: Sources = None,
+        val: Sources = None,
         *,
         predict: DatasetSpec | str | None = None,
         truncation: Truncation = "right",
@@ -52,7 +52,7 @@ class SFTDataModule(TokenDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(train=train, val=val, **kwargs)
-        self.specs["predict"] = DatasetSpec(predict) if isinstance(predict, str) else predict
+        self.specs["predict"] = sources(predict, f"{KEY}.predict", self.seed)
         self.truncation, self.packing = truncation, packing
         self.batch_size_unit = check_batch_size_unit(batch_size_unit, self.batch_size, self.max_length)
 
@@ -60,8 +60,10 @@ class SFTDataModule(TokenDataModule):
         """Token ids and labels (prompts for `predict`) of split `name`."""
         key = f"{KEY}.{name}"
         if name == "predict":
-            return encode_prompts(self.specs[name], key, self.load_tokenizer(), self.max_length)
-        encoded, stats = encode_split(self.specs[name], key, self.load_tokenizer(), self.max_length, self.truncation)
+            return encode_prompts(self.specs[name], key, self.load_tokenizer(), self.max_length, self.num_proc)
+        encoded, stats = encode_split(
+            self.specs[name], key, self.load_tokenizer(), self.max_length, self.truncation, self.num_proc
+        )
         self.stats[name] = stats
         if report:
             rank_zero_info(stats.summary(f"{name} ({self.specs[name].path})"))

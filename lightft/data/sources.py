@@ -8,14 +8,17 @@ mark is fine): a file that is not is reported as `file:line` with the fix, never
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import datasets
 
-from lightft.data.formats import FormatName
+from lightft.data.formats import Conversations, FormatName, TrainOn
 from lightft.errors import LightFTError
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -34,6 +37,15 @@ class DatasetSpec:
         columns: Map format fields to your columns, dotted paths reach into records:
             `{prompt: question, completion: answer.value}`.
         max_examples: Keep only the first N rows (quick runs, benchmarks).
+        roles: Conversations: the dataset's role names -> `system`/`user`/`assistant`/`tool` (ShareGPT's `human`,
+            `gpt`, `observation`, `function_call` are known): `{bot: assistant, narrator: system}`.
+        train_on: Conversations: `all_assistant` turns train (except those marked `train: false` / `weight: 0`),
+            or only the `last_assistant` turn.
+        margin: Preference pairs' margin (reward models): `auto` takes a `margin` column when there is one,
+            `scores` is `score_chosen - score_rejected` (UltraFeedback-style rows), `none` ignores both.
+        weight: In a mixture (a list of sources): this source's share of the mixture, relative to the others'.
+        examples: In a mixture: exactly this many examples of this source per epoch (drawn without repeats while
+            the source has enough, seeded), instead of a weight.
     """
 
     path: str
@@ -42,6 +54,35 @@ class DatasetSpec:
     name: str | None = None
     columns: dict[str, str] | None = None
     max_examples: int | None = None
+    roles: dict[str, str] | None = None
+    train_on: TrainOn = "all_assistant"
+    margin: Literal["auto", "scores", "none"] = "auto"
+    weight: float | None = None
+    examples: int | None = None
+
+    @property
+    def conversations(self) -> Conversations:
+        """How conversations of this source are read (role names, trained turns)."""
+        return Conversations(self.roles, self.train_on)
+
+    def digest(self) -> str | None:
+        """A content hash of the local file or directory and every reading option; None for a Hub dataset."""
+        path = Path(self.path).expanduser()
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file() and not _hidden(f.relative_to(path)))
+        else:
+            return None
+        content = hashlib.sha256()
+        for file in files:
+            content.update(str(file.relative_to(path) if path.is_dir() else file.suffix).encode() + b"\0")
+            with file.open("rb") as handle:
+                for block in iter(lambda h=handle: h.read(1 << 22), b""):
+                    content.update(block)
+        options = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("path", "weight", "examples")}
+        content.update(json.dumps(options, sort_keys=True, default=str).encode())
+        return content.hexdigest()
 
 
 Locator = Callable[[int], str]
@@ -154,7 +195,11 @@ def check_utf8(path: Path, chunk_size: int = 1 << 24) -> None:
 def _text_files(directory: Path) -> list[Path]:
     """The text data files under `directory`, hidden files and folders left out (as `datasets` does)."""
     files = [f for f in directory.rglob("*") if f.suffix in TEXT_SUFFIXES and f.is_file()]
-    return sorted(f for f in files if not any(part.startswith(".") for part in f.relative_to(directory).parts))
+    return sorted(f for f in files if not _hidden(f.relative_to(directory)))
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def _caused_by(err: BaseException | None, kind: type[BaseException]) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -29,6 +29,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    weights: list[float] | None = None  # per-token loss weights (trained tokens), None when all are 1
 
     @property
     def n_trained(self) -> int:
@@ -56,17 +57,21 @@ class ExampleEncoder:
 
     def encode(self, example: Example) -> Encoded | None:
         """Ids and labels of a full example; None when `truncation='drop'` and it is too long."""
+        weights = None
         if example.conversational:
-            text, spans = conversation_spans(self.tokenizer, example.messages, example.trained_turns)
+            text, spans = conversation_spans(self.tokenizer, example.messages, example.trained_turns, example.tools)
             ids, labels = self._tokenize(text, spans)
+            if example.weights:  # a weight per trained turn: each of its tokens carries it
+                span_weights = [example.weights.get(i, 1.0) for i in example.trained_turns]
+                weights = self._token_weights(text, spans, span_weights, ids)
         else:
             ids, labels = self._plain(example.segments)
-        return self._truncate(ids, labels)
+        return self._truncate(ids, labels, weights)
 
     def encode_prompt(self, example: Example) -> list[int]:
         """Ids of a generation prompt (chat template with the assistant header, or BOS + plain text)."""
         if example.conversational:
-            text = render(self.tokenizer, example.messages, add_generation_prompt=True)
+            text = render(self.tokenizer, example.messages, add_generation_prompt=True, tools=example.tools)
             return self._tokenize(text, [])[0]
         text = "".join(s for s, _ in example.segments)
         return self.prefix_ids + self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -94,16 +99,34 @@ class ExampleEncoder:
         labels = [tid if _inside(start, spans) else IGNORE_INDEX for tid, (start, _) in zip(ids, offsets, strict=True)]
         return ids, labels
 
-    def _truncate(self, ids: list[int], labels: list[int]) -> Encoded | None:
+    def _token_weights(self, text: str, spans: list[Span], span_weights: list[float], ids: list[int]) -> list[float]:
+        """Each token's loss weight: its trained span's weight (1.0 outside spans; those tokens carry no loss)."""
+        if not self.tokenizer.is_fast:
+            cuts = sorted({0, len(text), *[p for span in spans for p in span]})
+            starts = []
+            for start, end in itertools.pairwise(cuts):
+                starts += [start] * len(self.tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
+        else:
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            starts = [start for start, _ in offsets]
+        weights = [1.0] * len(ids)
+        for t, start in enumerate(starts):
+            for (a, b), w in zip(spans, span_weights, strict=True):
+                if a <= start < b:
+                    weights[t] = float(w)
+        return weights
+
+    def _truncate(self, ids: list[int], labels: list[int], weights: list[float] | None = None) -> Encoded | None:
         truncated = len(ids) > self.max_length
         if truncated:
             if self.truncation == "drop":
                 return None
             keep = slice(0, self.max_length) if self.truncation == "right" else slice(len(ids) - self.max_length, None)
             ids, labels = ids[keep], labels[keep]
+            weights = weights[keep] if weights is not None else None
         if labels:
             labels[0] = IGNORE_INDEX
-        return Encoded(ids, labels, truncated)
+        return Encoded(ids, labels, truncated, weights)
 
 
 def _inside(position: int, spans: list[Span]) -> bool:
@@ -122,25 +145,34 @@ def _tokenize_pieces(tokenizer: PreTrainedTokenizerBase, text: str, spans: list[
     return ids, labels
 
 
-def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    """The chat template's text for `messages`."""
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """The chat template's text for `messages` (and the function schemas `tools`, when given)."""
     if not tokenizer.chat_template:
         raise LightFTError(
             f"tokenizer '{tokenizer.name_or_path}' has no chat template but the data is conversational; set "
             "model.init_args.model.chat_template (e.g. chatml) or use a plain prompt/completion dataset."
         )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
 
 
 def conversation_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], trained_turns: list[int]
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    trained_turns: list[int],
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[Span]]:
     """Full rendered text and the character spans of the trained turns (content + end-of-turn token)."""
-    full = render(tokenizer, messages, add_generation_prompt=False)
+    full = render(tokenizer, messages, add_generation_prompt=False, tools=tools)
     spans = []
     for i in trained_turns:
-        before = _render_prefix(tokenizer, messages[:i])
-        upto = render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        before = _render_prefix(tokenizer, messages[:i], tools)
+        upto = render(tokenizer, messages[: i + 1], add_generation_prompt=False, tools=tools)
         if not (upto.startswith(before) and full.startswith(upto)):
             raise LightFTError(
                 f"the chat template of '{tokenizer.name_or_path}' does not render turn by turn (turn {i} changes "
@@ -154,10 +186,12 @@ def conversation_spans(
     return full, spans
 
 
-def _render_prefix(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+def _render_prefix(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> str:
     """Text before an assistant turn; some templates cannot render an empty conversation."""
     try:
-        return render(tokenizer, messages, add_generation_prompt=True)
+        return render(tokenizer, messages, add_generation_prompt=True, tools=tools)
     except LightFTError:
         raise
     except Exception:

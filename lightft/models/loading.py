@@ -45,7 +45,12 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE}
+# chatml-tools: ChatML with function calling in the Hermes / Qwen2.5 style (`tools` in the system turn,
+# `<tool_call>` JSON in assistant turns, `tool` results as `<tool_response>` in a user turn)
+NAMED_TEMPLATES = {
+    "chatml": CHATML_TEMPLATE,
+    "chatml-tools": (Path(__file__).parent / "templates" / "chatml_tools.jinja").read_text(),
+}
 # Tokens that model families reserve for padding, tried before adding a new one.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
 
@@ -67,7 +72,8 @@ class ModelSpec:
             `flex_attention`, or None for transformers' default.
         random_init: Build the architecture from `path`'s config with random weights (tests, memory benchmarks).
         seed: Seed of the random initialisation when `random_init` is set.
-        chat_template: Jinja chat template, or `chatml`, used when the tokenizer has none (or to replace it).
+        chat_template: Jinja chat template, or `chatml` / `chatml-tools` (ChatML with function calling, Qwen2.5's
+            tool format), used when the tokenizer has none (or to replace it).
         tokenizer: Where the tokenizer is when it is not beside the weights (default: `path`): a directory, Hub id,
             `package://NAME`, or a `.gguf` file (a path, or `package://NAME/FILE.gguf`). E.g. the weightless shapes
             of `configs/models/` trained with random weights and SmolLM2's tokenizer.

@@ -52,8 +52,12 @@ class SFTModule(LightFTModule):
             self._packing_checked = True
 
     def token_loss(self, batch: TokenBatch) -> tuple[Tensor, Tensor]:
-        """(summed next-token cross entropy over the batch's trained tokens, their number)."""
+        """(summed next-token cross entropy over the batch's trained tokens (each times its loss weight, when the
+        data gives weights), their number).
+        """  # noqa: D205
         logps = self.lm_logps(self.model, batch).logps
+        if batch.weights is not None:  # position t predicts token t + 1, whose weight it takes
+            return -(logps.logps * batch.weights[:, 1:].to(logps.logps.dtype)).sum(), logps.mask.sum()
         return -logps.total(), logps.mask.sum()
 
     def training_step(self, batch: TokenBatch, batch_idx: int) -> Tensor:

@@ -33,7 +33,7 @@ def test_null_field_names_the_row():
 
 
 def test_bad_role_names_the_message():
-    with pytest.raises(LightFTError, match=r"messages\[1\] needs a role"):
+    with pytest.raises(LightFTError, match=r"messages\[1\] has role 'bot', which is not one of .*roles: \{bot: user"):
         to_example(
             {"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}, "messages", True, "w"
         )
