@@ -1,11 +1,11 @@
 """Lightft's commands, their one-line descriptions (`lightft --help`) and the dispatch of the non-Lightning ones.
 
 LightningCLI's `fit`, `validate`, `test` and `predict` live in `lightft.commands.fit`; `estimate`, `bench`, `doctor`,
-`export`, `quantize`, `generate`, `eval` and `pipeline` in their own modules.
+`export`, `quantize`, `generate`, `chat`, `eval` and `pipeline` in their own modules.
 
-`export`, `quantize`, `generate` and `eval` are typed by jsonargparse from their signatures; `estimate`, `bench` and
-`doctor` add their own typed options to `lightft fit`'s parser (`lightft.commands.fit.ParseOnlyCLI`) and read the
-same configs.
+`export`, `quantize`, `generate`, `chat` and `eval` are typed by jsonargparse from their signatures; `estimate`,
+`bench` and `doctor` add their own typed options to `lightft fit`'s parser (`lightft.commands.fit.ParseOnlyCLI`) and
+read the same configs.
 Nothing here imports `lightft.cli`: the console script imports the commands, never the other way round.
 """
 
@@ -24,6 +24,7 @@ EXTRA_COMMANDS = {
     "export": "A training checkpoint -> a Hugging Face adapter or merged model, verified by reloading it.",
     "quantize": "Post-training quantization (torchao, bitsandbytes) of a trained model, with a size/quality report.",
     "generate": "Generate from a base model, an adapter or an export: a quick look at what a model learned.",
+    "chat": "Talk to a model (base, adapter, export, checkpoint, GGUF) in the terminal: streamed, multi-turn.",
     "eval": "A model on held-out data: exact match, ROUGE-L, BLEU, chrF, JSON fields, loss, rewards, KL; --compare.",
     "pipeline": "Stages SFT -> reward model -> PPO / DPO / ORPO -> eval -> new pairs, from one config; resumable.",
 }
@@ -58,6 +59,8 @@ def run_command(name: str, args: list[str]) -> None:
         from lightft.commands.quantize import quantize as function
     elif name == "eval":
         from lightft.commands.eval import evaluate as function
+    elif name == "chat":
+        from lightft.commands.chat import chat as function
     elif name == "pipeline":
         from lightft.commands.pipeline import main
 
