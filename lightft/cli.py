@@ -90,12 +90,24 @@ def _unsafe_checkpoint(err: BaseException, words: list[str]) -> LightFTError | N
     )
 
 
+VAL_CHECK = re.compile(r"`val_check_interval` \((\d+)\) must be less than or equal to the number of the training "
+                       r"batches \((\d+)\)")  # fmt: skip
+
+
 def _find_user_error(err: BaseException | None) -> LightFTError | None:
-    """The LightFTError behind `err`, also when a library wrapped it (jsonargparse, datasets)."""
+    """The LightFTError behind `err`, also when a library wrapped it (jsonargparse, datasets); Lightning's
+    `val_check_interval` refusal (an epoch shorter than the interval) as one line with the fix.
+    """  # noqa: D205
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, LightFTError):
             return err
+        if isinstance(err, ValueError) and (match := VAL_CHECK.search(str(err))):
+            interval, batches = match.groups()
+            return LightFTError(
+                f"trainer.val_check_interval: {interval} batches, but an epoch has only {batches}; lower it, or set "
+                "trainer.check_val_every_n_epoch: null to count it in batches across epochs."
+            )
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

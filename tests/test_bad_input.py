@@ -146,3 +146,11 @@ def test_data_that_is_not_utf8_names_the_line_and_says_to_save_it_as_utf8(tmp_pa
     expected = rf"^lightft: error: {re.escape(str(data))}:3: not UTF-8 text \(byte 0xe9 at offset \d+\); save the file"
     assert re.search(expected, line), line
     assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_a_validation_interval_longer_than_an_epoch_says_how_to_count_it(tmp_path, capsys):
+    """Lightning refuses `val_check_interval` beyond an epoch's batches mid-setup; lightft says it in one line."""
+    last = fails(capsys, "fit", "--config", str(CONFIGS / "tiny.yaml"), "--trainer.default_root_dir", str(tmp_path),
+                 "--data.init_args.train.max_examples", "8", "--trainer.val_check_interval", "20")  # fmt: skip
+    want = r"trainer.val_check_interval: 20 batches, but an epoch has only 2; .*check_val_every_n_epoch: null"
+    assert re.search(want, last), last
