@@ -47,9 +47,20 @@ def cached(
     rows, meta = build()
     partial = entry.with_name(f".{key}.{uuid.uuid4().hex[:8]}")
     try:
-        rows.save_to_disk(str(partial))
+        _quietly(lambda: rows.save_to_disk(str(partial)))  # storing is bookkeeping, not news for the user
         (partial / META).write_text(json.dumps(meta))
         partial.rename(entry)
     except OSError:  # another process stored it first, or the cache is not writable: use what we built
         shutil.rmtree(partial, ignore_errors=True)
     return rows, meta
+
+
+def _quietly(work: Callable[[], Any]) -> None:
+    """Run `work` with `datasets`' progress bars off (as they were, after)."""
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        work()
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
