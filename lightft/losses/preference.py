@@ -225,28 +225,38 @@ class DPOLoss:
 
     loss = -(1-ε) log σ(βh) - ε log σ(-βh), h = (π_c - π_r) - (ref_c - ref_r) on summed log-probs, (B,) per pair.
     With robust=True the rDPO estimator (https://arxiv.org/abs/2403.00409) divides the ε-corrected loss by 1 - 2ε.
+    With rpo_alpha = α > 0 (RPO, https://arxiv.org/abs/2404.19733, TRL's `rpo_alpha`) each pair adds α times the
+    chosen completion's mean token NLL: DPO alone may lower the likelihood of both sides of near-identical pairs and
+    move it to text neither shows (likelihood displacement); the NLL term keeps the chosen text likely.
 
     Args:
         beta: inverse temperature β; smaller keeps the policy closer to the reference.
         label_smoothing: ε in [0, 0.5), the assumed rate of flipped labels (cDPO, or rDPO when robust).
         robust: use the robust (rDPO) estimator.
+        rpo_alpha: α >= 0, weight of the chosen completions' NLL (0: plain DPO).
     """
 
     reference_free = False
     paired = True
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, robust: bool = False) -> None:
+    def __init__(
+        self, beta: float = 0.1, label_smoothing: float = 0.0, robust: bool = False, rpo_alpha: float = 0.0
+    ) -> None:
         _check("beta", beta, beta > 0, "> 0")
         _check("label_smoothing", label_smoothing, 0 <= label_smoothing < 0.5, "in [0, 0.5)")
-        self.beta, self.label_smoothing, self.robust = beta, label_smoothing, robust
+        _check("rpo_alpha", rpo_alpha, rpo_alpha >= 0, ">= 0")
+        self.beta, self.label_smoothing, self.robust, self.rpo_alpha = beta, label_smoothing, robust, rpo_alpha
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> PreferenceOutput:
         """Per-pair losses and implicit rewards."""
         ref = _require_reference(reference, "DPOLoss")
-        out = dpo_loss(
+        losses, chosen, rejected = dpo_loss(
             policy.chosen, policy.rejected, ref.chosen, ref.rejected, self.beta, self.label_smoothing, self.robust
         )
-        return PreferenceOutput(*out)
+        if self.rpo_alpha:
+            nll = policy.chosen_nll if policy.chosen_nll is not None else -_average(policy.chosen, policy.chosen_tokens)
+            losses = losses + self.rpo_alpha * nll
+        return PreferenceOutput(losses, chosen, rejected)
 
 
 class IPOLoss:

@@ -53,6 +53,21 @@ def test_dpo_by_hand():
     assert out.chosen_rewards.item() == pytest.approx(0.1) and out.rejected_rewards.item() == pytest.approx(-0.1)
 
 
+def test_rpo_adds_alpha_times_the_chosen_mean_nll():
+    """RPO: the DPO loss of test_dpo_by_hand plus α x (summed chosen log-prob -8 over 4 tokens -> NLL 2)."""
+    policy, reference = pair([-8.0], [-9.0], chosen_tokens=(4,), rejected_tokens=(3,)), pair([-8.0], [-8.0])
+    plain = DPOLoss(beta=0.1)(policy, reference)
+    rpo = DPOLoss(beta=0.1, rpo_alpha=0.5)(policy, reference)
+    # h = (-8 - -9) - 0 = 1; DPO = -log σ(0.1); NLL = 8 / 4 = 2; RPO = DPO + 0.5 x 2
+    assert plain.losses.item() == pytest.approx(neg_log_sigmoid(0.1), rel=1e-6)
+    assert rpo.losses.item() == pytest.approx(neg_log_sigmoid(0.1) + 1.0, rel=1e-6)
+    assert rpo.chosen_rewards.item() == plain.chosen_rewards.item()  # the logged implicit rewards are DPO's
+    given = DPOLoss(beta=0.1, rpo_alpha=0.5)(pair([-8.0], [-9.0], (4,), (3,), chosen_nll=[3.0]), reference)
+    assert given.losses.item() == pytest.approx(neg_log_sigmoid(0.1) + 1.5, rel=1e-6)  # a given NLL is used as is
+    with pytest.raises(ValueError, match="rpo_alpha must be >= 0"):
+        DPOLoss(rpo_alpha=-1.0)
+
+
 def test_dpo_at_init_is_log_two_for_every_pair():
     torch.manual_seed(0)
     chosen, rejected = -10 * torch.rand(5), -10 * torch.rand(5)
