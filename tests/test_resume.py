@@ -98,12 +98,14 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, stra
     code, out = fit(tmp_path, callbacks=(kill_at(9, during_save=True),))  # the save at step 6 is cut in half
     assert code == -signal.SIGKILL, out[-2000:]
     partial = list((tmp_path / "checkpoints" / ".partial").iterdir())
-    # the step-6 checkpoint (written before last.ckpt) was cut in half under its hidden name, and is not loadable
-    assert [p.name for p in partial] == ["epoch=0-step=6.ckpt"], [p.name for p in partial]
+    # the first checkpoint of step 6 was cut in half under its hidden name, and is not loadable: best.ckpt (that
+    # validation improved val/loss; best.ckpt is decided before the step's other checkpoints, then last.ckpt)
+    assert [p.name for p in partial] == ["best.ckpt"], [p.name for p in partial]
     with pytest.raises(RuntimeError, match="PytorchStreamReader"):
         torch.load(partial[0], weights_only=True)
     assert not (tmp_path / "checkpoints" / "epoch=0-step=6.ckpt").exists()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] < 6  # still whole
     assert_same(resume(tmp_path), straight)
 
 

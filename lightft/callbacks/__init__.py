@@ -1,7 +1,10 @@
-"""Callbacks: monitor, verified atomic checkpoints, preemption, non-finite guard, predictions, samples, bench probe."""
+"""Callbacks: monitor, verified checkpoints (last, best), early stopping, preemption, non-finite guard, predictions,
+samples, bench probe.
+"""  # noqa: D205
 
 from lightft.callbacks.bench import BenchProbe
-from lightft.callbacks.checkpoint import VerifiedCheckpoint, verify_checkpoint
+from lightft.callbacks.checkpoint import BestCheckpoint, VerifiedCheckpoint, verify_checkpoint
+from lightft.callbacks.early_stopping import EarlyStop
 from lightft.callbacks.monitor import TrainingMonitor, peak_memory_bytes
 from lightft.callbacks.nonfinite import NonFiniteGuard
 from lightft.callbacks.predictions import PredictionWriter
@@ -10,6 +13,8 @@ from lightft.callbacks.samples import SampleGenerations
 
 __all__ = [
     "BenchProbe",
+    "BestCheckpoint",
+    "EarlyStop",
     "NonFiniteGuard",
     "Preemption",
     "PredictionWriter",

@@ -8,6 +8,10 @@ agree (one all-reduce of a flag per step), write the checkpoint atomically and s
 (Lightning's `SLURMEnvironment`), SIGUSR1 saves Lightning's `hpc_ckpt_N.ckpt` and requeues the job through
 `scontrol requeue`, and Lightning resumes from it when the job restarts; otherwise the checkpoint is
 `<checkpoints>/last.ckpt`, resumed with `--ckpt_path last`. The process then exits with status 0.
+
+A step that a validation follows is not such a boundary: a checkpoint taken between them would resume past the
+validation (Lightning skips it), losing its early-stopping check and best-checkpoint candidate, so the checkpoint
+waits for the next step. Nothing is validated after the checkpoint (Lightning would, for a stopped run).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightft.callbacks.checkpoint import validation_follows
 from lightft.checkpoints import save_atomically
 
 SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -43,10 +48,12 @@ class Preemption(pl.Callback):
         self._previous: dict[int, Any] = {}
         self._trainer: pl.Trainer | None = None
         self._step = 0  # the optimizer steps taken when the last batch ended
+        self._waited = False  # the checkpoint already waited a step for a validation
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Take over the signals (Lightning registered its handlers when fit began)."""
         self._trainer, self.received, self.saved_to, self._step = trainer, 0, None, trainer.global_step
+        self._waited = False
         for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._note)
 
@@ -72,6 +79,9 @@ class Preemption(pl.Callback):
         signum = self._agree(trainer)
         if not signum:
             return
+        if validation_follows(trainer) and not self._waited:  # at most one step: validating every step is possible
+            self._waited = True
+            return
         name = signal.Signals(signum).name
         requeue = signum == signal.SIGUSR1 and requeues_on_slurm(trainer)
         if requeue:
@@ -83,6 +93,8 @@ class Preemption(pl.Callback):
         save_atomically(trainer, path)
         self.saved_to = path
         trainer.should_stop = True
+        # Lightning validates a run told to stop; the resumed run would not know of it (private API, docs/design.md)
+        trainer.fit_loop.epoch_loop._skip_next_val = True
         rank_zero_info(
             f"lightft: {name} received; stopped after step {trainer.global_step} with a checkpoint at {path}"
             + ("; requeueing the SLURM job" if requeue else f"; resume with --ckpt_path {path}")

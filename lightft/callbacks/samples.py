@@ -2,9 +2,10 @@
 
 At each validation of a fit (or every `every_n_steps` optimizer steps) the model decodes the first `prompts`
 validation examples greedily, so one run's samples compare step to step; rank 0 appends them to
-`<run dir>/samples.jsonl` and, with a TensorBoard logger, logs them as a text table (tag `samples`). A reward model
-(no LM head) logs its scores of the first validation pairs instead; PPO/GRPO also log the first `rollouts` responses
-of the latest rollout with their rewards (tag `rollouts`). `--samples.prompts 0` turns it off.
+`<run dir>/samples.jsonl` and logs them as a table (tag `samples`) to the logger: TensorBoard text, MLflow
+`samples/step_<N>.md`, a W&B table. A reward model (no LM head) logs its scores of the first validation pairs instead;
+PPO/GRPO also log the first `rollouts` responses of the latest rollout with their rewards (tag `rollouts`).
+`--samples.prompts 0` turns it off.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
@@ -25,6 +25,7 @@ from lightft.data.collate import PairCollator, PromptCollator
 from lightft.data.templates import IGNORE_INDEX
 from lightft.errors import LightFTError
 from lightft.generation import GenerationSettings, generate
+from lightft.loggers import log_table, run_directory
 from lightft.strategies import gathered_for_generation, strategy_kind, zero_stage
 
 FILENAME = "samples.jsonl"
@@ -32,7 +33,7 @@ KEY = "samples"
 
 
 class SampleGenerations(pl.Callback):
-    """Generate for K fixed validation prompts during `fit`; log them to `<run dir>/samples.jsonl` and TensorBoard.
+    """Generate for K fixed validation prompts during `fit`; log them to `<run dir>/samples.jsonl` and the loggers.
 
     The prompts are the first `prompts` examples of the validation split as the data module encoded them, cut
     before their first trained token (the chat template's assistant header included); the reference is that first
@@ -66,7 +67,7 @@ class SampleGenerations(pl.Callback):
         """Where the file goes (every rank: `trainer.log_dir` is collective) and whether the strategy can generate."""
         if stage != "fit" or not self.prompts:
             return
-        self.path = Path(trainer.log_dir or trainer.default_root_dir) / FILENAME
+        self.path = run_directory(trainer) / FILENAME
         self._items = None
         reason = _unsupported(trainer.strategy)
         self._generates = reason is None
@@ -111,17 +112,15 @@ class SampleGenerations(pl.Callback):
             self._write(trainer, {"samples": samples, "rollouts": rollouts})
 
     def _write(self, trainer: pl.Trainer, tables: dict[str, list[dict[str, Any]]]) -> None:
-        """Append every record to the file; each non-empty table to TensorBoard under its tag."""
+        """Append every record to the file; each non-empty table to every logger under its tag."""
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as out:
             out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for rows in tables.values() for row in rows)
         for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                continue
             for tag, rows in tables.items():
                 if rows:
-                    logger.experiment.add_text(tag, markdown_table(rows), trainer.global_step)
+                    log_table(logger, tag, rows, markdown_table(rows), trainer.global_step)
 
     def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         model, tokenizer = getattr(pl_module, "model", None), getattr(pl_module, "tokenizer", None)

@@ -8,6 +8,7 @@ from lightft.checkpoints.files import (
     checkpoint_kind,
     read_checkpoint,
     recover_interrupted,
+    run_checkpoint,
     save_atomically,
 )
 from lightft.checkpoints.random_state import RNG_KEY, gather_rng_states, rng_state, set_rng_state
@@ -20,6 +21,7 @@ __all__ = [
     "read_checkpoint",
     "recover_interrupted",
     "rng_state",
+    "run_checkpoint",
     "save_atomically",
     "set_rng_state",
 ]

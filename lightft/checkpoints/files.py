@@ -112,6 +112,29 @@ def checkpoint_kind(path: str | Path) -> str:
     raise LightFTError(f"--ckpt: checkpoint '{path}' not found; runs keep them in <run dir>/checkpoints/.")
 
 
+def run_checkpoint(ckpt: str, run: str | None) -> str:
+    """`--ckpt best` or `--ckpt last` with `--run DIR`: `DIR/checkpoints/best.ckpt` (`last.ckpt`); a missing one is
+    one line naming the fix. Any other `--ckpt` is a path, returned as given.
+    """  # noqa: D205
+    if ckpt not in ("best", "last"):
+        if run is not None:
+            raise LightFTError(f"--run: read only with --ckpt best or --ckpt last, not with a path ('{ckpt}').")
+        return ckpt
+    if run is None:
+        raise LightFTError(f"--ckpt {ckpt}: name the run: --run runs/<name> (it reads checkpoints/{ckpt}.ckpt there).")
+    path = Path(run) / "checkpoints" / f"{ckpt}.ckpt"
+    if path.exists():
+        return str(path)
+    if not Path(run).is_dir():
+        raise LightFTError(f"--run: '{run}' is not a directory; give the run's trainer.default_root_dir.")
+    if ckpt == "best":
+        raise LightFTError(
+            f"--ckpt best: '{path}' does not exist: the run never validated on its best.monitor metric (auto: "
+            "val/loss, which needs validation data); export --ckpt last, or train with data.init_args.val."
+        )
+    raise LightFTError(f"--ckpt last: '{path}' does not exist: the run has written no checkpoint there yet.")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint at `path` as one dict on CPU, its `state_dict` holding full (unsharded) tensors."""
     path = Path(path)

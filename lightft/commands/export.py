@@ -28,7 +28,7 @@ from lightning.pytorch.cli import instantiate_module
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lightft.checkpoints import read_checkpoint
+from lightft.checkpoints import read_checkpoint, run_checkpoint
 from lightft.checkpoints.hooks import PRECISION_KEY
 from lightft.checkpoints.hparams import plain_data
 from lightft.errors import LightFTError
@@ -110,12 +110,14 @@ def export(
     device: str = "auto",
     format: Literal["hf", "gguf"] = "hf",
     quant: GGUFQuant | None = None,
+    run: str | None = None,
 ) -> None:
     """Export a lightft checkpoint as a peft adapter directory, a merged model (--merge true) or a GGUF file.
 
     Args:
         ckpt: A checkpoint written by `lightft fit` (e.g. runs/x/checkpoints/last.ckpt): a file, or the directory
-            FSDP2 (sharded) or DeepSpeed writes.
+            FSDP2 (sharded) or DeepSpeed writes; or `best` / `last` with `--run`: that run's best.ckpt (the best
+            validation, `best.monitor`) or last.ckpt.
         out: Output directory (must not exist or be empty unless --overwrite true).
         merge: Fold the adapter into the base and save a full model.
         dtype: Dtype of the saved weights (merged export); `keep` saves them as trained (a `bf16-true` run:
@@ -129,7 +131,9 @@ def export(
         quant: Weight type of `--format gguf`: `f32`, `f16`, `q8_0` (default; 8-bit blocks of 32 values) or `q4_0`
             (4-bit blocks of 32; the LM head stays q8_0). Norms stay f32. q8_0/q4_0 need every quantized row to be
             a multiple of 32 values.
+        run: The run directory (its trainer.default_root_dir) whose checkpoint `--ckpt best` or `--ckpt last` names.
     """
+    ckpt = run_checkpoint(ckpt, run)
     target = Path(out)
     _check_options(format, dtype, quant)
     if target.exists() and any(target.iterdir()) and not overwrite:

@@ -25,6 +25,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightft.callbacks import (
+    BestCheckpoint,
+    EarlyStop,
     NonFiniteGuard,
     PredictionWriter,
     Preemption,
@@ -32,15 +34,20 @@ from lightft.callbacks import (
     TrainingMonitor,
     VerifiedCheckpoint,
 )
+from lightft.callbacks.display import use_lightft_display
+from lightft.callbacks.monitored import check_monitors
 from lightft.callbacks.samples import FILENAME as SAMPLES_FILE
+from lightft.commands import FIT_COMMANDS
 from lightft.compat import check_compatibility
 from lightft.errors import LightFTError
+from lightft.loggers import configure_loggers, keep_checkpoints_in, log_config, run_directory
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "default_root_dir": "runs/default",
     "use_distributed_sampler": False,  # the batch planner splits data across ranks itself
     "log_every_n_steps": 1,
 }
+_DESCRIPTIONS = {name: {"description": text} for name, text in FIT_COMMANDS.items()}
 SAME_RUN_KEYS = ("model", "data")  # what makes two configs the same run (trainer settings may change on resume)
 
 
@@ -51,10 +58,13 @@ class RunDirectory(SaveConfigCallback):
     """
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check the run directory (rank 0 decides, every rank raises), then save the config."""
+        """Check the run directory (rank 0 decides, every rank raises), then save the config into it and give it to
+        the loggers; checkpoints go to its `checkpoints/` whatever the logger.
+        """  # noqa: D205
         if stage != "fit":
             return
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir = self.run_dir = run_directory(trainer)
+        keep_checkpoints_in(trainer, run_dir)
         problem = None
         if trainer.is_global_zero and not self.overwrite:
             problem = self._problem(run_dir)
@@ -64,7 +74,16 @@ class RunDirectory(SaveConfigCallback):
         if problem:
             raise LightFTError(problem)
         self.overwrite = True  # a resumed run rewrites its own config
+        if trainer.is_global_zero and not self.already_saved:  # Lightning's would go to MLflow's or W&B's save_dir
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_path = str(run_dir / self.config_filename)
+            self.parser.save(self.config, config_path, skip_none=False, overwrite=True, multifile=self.multifile)
+        self.save_to_log_dir = False
         super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Rank 0: the saved config to MLflow (an artifact) and W&B (run config)."""
+        log_config(trainer.loggers, self.run_dir / self.config_filename)
 
     def _problem(self, run_dir: Path) -> str | None:
         config_path = run_dir / self.config_filename
@@ -94,8 +113,8 @@ def _clear_run(run_dir: Path) -> None:
 
 class LightFTCLI(LightningCLI):
     """LightningCLI with lightft's defaults: subclass mode, linked tokenizer, one directory per run, atomic
-    verified checkpoints, preemption handling, the non-finite guard, samples of fixed prompts while training,
-    `--ckpt_path` loaded with `weights_only`.
+    verified checkpoints (last.ckpt, and best.ckpt by a validation metric), early stopping, preemption handling,
+    the non-finite guard, samples of fixed prompts while training, `--ckpt_path` loaded with `weights_only`.
     """  # noqa: D205
 
     def __init__(self, args: Any = None, run: bool = True) -> None:
@@ -113,15 +132,21 @@ class LightFTCLI(LightningCLI):
                 "callbacks": [TrainingMonitor(), LearningRateMonitor(logging_interval="step"), PredictionWriter()],
             },
             auto_configure_optimizers=False,
-            parser_kwargs={"parser_mode": "yaml", "exit_on_error": False},
+            # `lightft fit --help` opens with lightft's description of the command, not Lightning's
+            parser_kwargs={"parser_mode": "yaml", "exit_on_error": False, **_DESCRIPTIONS},
             args=args,
             run=run,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """The checkpoint, preemption, nonfinite and samples groups, the model -> tokenizer link, `--overwrite`."""
+        """The best, checkpoint, early_stopping, preemption, nonfinite and samples groups, the model -> tokenizer
+        link, `--overwrite`.
+        """  # noqa: D205
+        # best before checkpoint: at the end of a validation best.ckpt is decided before last.ckpt records it
+        parser.add_lightning_class_args(BestCheckpoint, "best")
         parser.add_lightning_class_args(VerifiedCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+        parser.add_lightning_class_args(EarlyStop, "early_stopping")
         parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(SampleGenerations, "samples")
@@ -130,14 +155,24 @@ class LightFTCLI(LightningCLI):
             "--overwrite", type=bool, default=False, help="Replace a run directory holding another run."
         )
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """Lightning's Trainer; the progress bar and model summary it adds are lightft's (`callbacks.display`)."""
+        given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        given = list(given) if isinstance(given, list) else [given]  # a copy: the Trainer appends to that list
+        trainer = super().instantiate_trainer(**kwargs)
+        use_lightft_display(trainer, given)
+        return trainer
+
     def after_instantiate_classes(self) -> None:
         """Config-time compatibility checks, before data is tokenized or weights are loaded."""
         super().after_instantiate_classes()
         check_compatibility(self.model, self.datamodule, self.trainer)
+        if self.subcommand in (None, "fit"):
+            check_monitors(self.model, self.datamodule, self.trainer)  # early_stopping / best: a metric it logs
         self.model.compatibility_checked = True
 
     def before_instantiate_classes(self) -> None:
-        """TensorBoard logs straight into the run directory; honour `--overwrite`."""
+        """TensorBoard logs straight into the run directory (MLflow, W&B: `lightft.loggers`); honour `--overwrite`."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.save_config_kwargs["overwrite"] = bool(config.get("overwrite"))
         if "weights_only" in config and config.get("weights_only") is None:
@@ -147,6 +182,7 @@ class LightFTCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=config.trainer.default_root_dir, name="", version=""),
             )
+        configure_loggers(config.trainer)  # MLflow / W&B: installed (else the pip command), run-directory defaults
 
 
 def check_ckpt_path(words: list[str]) -> None:

@@ -190,7 +190,7 @@ def encode_prompts(
 
         fingerprint = tokenizer_fingerprint(rows, tokenizer, "prompts", fmt, max_length, repr(spec))
         encoded = rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint,
-                           num_proc=num_proc)  # fmt: skip
+                           desc="tokenizing prompts", num_proc=num_proc)  # fmt: skip
         return encoded, {}
 
     return cached(cache_key(spec, tokenizer, "prompts", max_length), build)[0]

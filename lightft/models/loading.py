@@ -53,6 +53,8 @@ NAMED_TEMPLATES = {
 }
 # Tokens that model families reserve for padding, tried before adding a new one.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
+# The attribute `load_model` sets on a model whose embeddings it grew for a token the tokenizer added: the old rows.
+GROWN_FROM = "lightft_embeddings_grown_from"
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,7 @@ def _fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) 
     if len(tokenizer) > rows:
         log.warning("resizing embeddings %d -> %d for the added pad token", rows, len(tokenizer))
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        setattr(model, GROWN_FROM, rows)  # a peft adapter then saves the grown embeddings (lightft.peft.library)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

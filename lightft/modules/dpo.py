@@ -42,7 +42,13 @@ class DPOModule(LightFTModule):
         **kwargs: `peft`, `optimizer`, `scheduler`, `gradient_checkpointing`, `compute`: see `LightFTModule`.
     """
 
-    method = Method(data=PreferenceDataModule, batch=PairBatch, rows_per_example=2, reference="adapter")
+    method = Method(
+        data=PreferenceDataModule,
+        batch=PairBatch,
+        rows_per_example=2,
+        reference="adapter",
+        validation_metrics=("val/loss", "val/accuracy", "val/margin"),
+    )
 
     def __init__(
         self,
@@ -77,7 +83,11 @@ class DPOModule(LightFTModule):
             reference = "none"
         else:
             reference = "frozen_copy" if isinstance(self.peft, FullFineTune) else "adapter"
-        return replace(method, batch=method.batch if self.loss.paired else UnpairedBatch, reference=reference)
+        if self.loss.paired:
+            return replace(method, reference=reference)
+        metrics = method.validation_metrics  # unpaired rows (KTO): no pairs, so no accuracy or margin
+        metrics = metrics and tuple(m for m in metrics if m not in ("val/accuracy", "val/margin"))
+        return replace(method, batch=UnpairedBatch, reference=reference, validation_metrics=metrics)
 
     def configure_model(self) -> None:
         """The policy; for full fine-tuning with a live reference, also a frozen copy of the starting model."""

@@ -35,6 +35,9 @@ class Method:
         rollout: Whether it samples responses every step (PPO/GRPO): generation under the strategy, a rollout's
             memory, a reward function.
         head: What is loaded, trained and exported: a causal LM, or the backbone with a scalar head (`reward`).
+        validation_metrics: The metrics its validation logs: what `--early_stopping.monitor` and `--best.monitor`
+            may name (checked before a fit starts); None: not declared (a monitor is checked at the first
+            validation instead).
     """
 
     data: type | None
@@ -44,6 +47,7 @@ class Method:
     reference: Reference = "none"
     rollout: bool = False
     head: Head = "causal_lm"
+    validation_metrics: tuple[str, ...] | None = None
 
     def data_error(self, module: str, datamodule: Any) -> str | None:
         """Why `datamodule` cannot feed this method (the message names the key and the fix), or None."""

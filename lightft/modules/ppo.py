@@ -125,7 +125,13 @@ class PPOModule(LightFTModule):
             `compute`: see `LightFTModule`.
     """
 
-    method = Method(data=PromptDataModule, batch=PromptBatch, reference="adapter", rollout=True)
+    method = Method(
+        data=PromptDataModule,
+        batch=PromptBatch,
+        reference="adapter",
+        rollout=True,
+        validation_metrics=("eval/reward_mean",),
+    )
 
     def __init__(
         self,

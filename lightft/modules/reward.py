@@ -32,7 +32,14 @@ class RewardModelModule(LightFTModule):
             (a reward model has no LM head, so no chunked loss): see `LightFTModule`.
     """
 
-    method = Method(data=PreferenceDataModule, batch=PairBatch, rows_per_example=2, lm_logps=False, head="reward")
+    method = Method(
+        data=PreferenceDataModule,
+        batch=PairBatch,
+        rows_per_example=2,
+        lm_logps=False,
+        head="reward",
+        validation_metrics=("val/loss", "val/accuracy", "val/margin"),
+    )
 
     def __init__(self, model: ModelSpec, *, loss: BradleyTerryLoss | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)

@@ -31,7 +31,7 @@ class SFTModule(LightFTModule):
         **kwargs: `peft`, `optimizer`, `scheduler`, `gradient_checkpointing`, `compute`: see `LightFTModule`.
     """
 
-    method = Method(data=SFTDataModule, batch=TokenBatch)
+    method = Method(data=SFTDataModule, batch=TokenBatch, validation_metrics=("val/loss", "val/ppl"))
 
     def __init__(
         self, model: ModelSpec, *, generation: GenerationSettings = GenerationSettings(), **kwargs: Any

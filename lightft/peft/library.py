@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from lightft.errors import LightFTError
+from lightft.models.loading import GROWN_FROM
 
 
 class PeftLibraryStrategy:
@@ -53,7 +54,7 @@ class PeftLibraryStrategy:
 
     def trainable_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
         """Trained weights as peft saves them (`adapter_model.safetensors` keys)."""
-        return get_peft_model_state_dict(model)  # type: ignore[arg-type]
+        return get_peft_model_state_dict(model, save_embedding_layers=grown_embeddings(model))  # type: ignore[arg-type]
 
     def merge(self, model: nn.Module) -> PreTrainedModel:
         """Fold the adapter into the base weights and remove it."""
@@ -66,8 +67,20 @@ class PeftLibraryStrategy:
 
     def save(self, model: nn.Module, directory: Path) -> None:
         """A peft adapter directory."""
-        model.save_pretrained(directory)  # type: ignore[operator]
+        model.save_pretrained(directory, save_embedding_layers=grown_embeddings(model))  # type: ignore[operator]
 
     def load(self, model: PreTrainedModel, directory: Path) -> nn.Module:
         """Attach a saved adapter to a freshly loaded base."""
         return PeftModel.from_pretrained(model, directory)
+
+
+def grown_embeddings(model: nn.Module) -> bool:
+    """Whether the adapter must carry the embedding matrices: `load_model` grew them for a token the tokenizer added.
+
+    lightft knows; peft's own guess (`save_embedding_layers="auto"`) compares the vocabulary with the base model's
+    `config.json`, found by path, which a GGUF file, a `package://` directory or an offline Hub id does not give: it
+    then warns "Could not find a config file" and leaves grown embeddings out. Embeddings that an adapter targets
+    are saved as adapter weights either way.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, GROWN_FROM, None) is not None

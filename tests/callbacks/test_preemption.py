@@ -1,7 +1,8 @@
 """The preemption callback in-process, on a plain Lightning module: a signal noted mid-accumulation checkpoints at
-the end of that optimizer step (or at the epoch's last batch, where Lightning steps early), SLURM auto-requeue is
-read from the cluster environment. Real `lightft fit` runs signalled and resumed: tests/test_resume.py,
-tests/test_resume_distributed.py, tests/test_slurm.py."""
+the end of that optimizer step (or at the epoch's last batch, where Lightning steps early; after the next step when
+a validation follows), SLURM auto-requeue is read from the cluster environment. Real `lightft fit` runs signalled
+and resumed: tests/test_resume.py, tests/test_resume_distributed.py, tests/test_slurm.py,
+tests/callbacks/test_early_stopping.py."""
 
 import os
 import signal
@@ -121,3 +122,29 @@ def test_a_parallel_strategy_carries_the_slurm_plugin(no_cluster, auto_requeue):
     trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=DDPStrategy(), plugins=[plugin], logger=False)
     assert trainer.strategy.cluster_environment is plugin
     assert requeues_on_slurm(trainer) == auto_requeue
+
+
+class Validated(Linear):
+    """Linear with a validation; remembers the step of each validation (the sanity check aside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.validated: list[int] = []
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/loss", self.layer(batch).pow(2).mean())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated.append(self.global_step)
+
+
+def test_a_signal_where_a_validation_follows_checkpoints_after_the_next_step_and_validates_no_more(tmp_path):
+    """A checkpoint between step 2 and its validation would resume past that validation (Lightning skips it)."""
+    preemption, module = Preemption(), Validated()
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, accumulate_grad_batches=2, val_check_interval=4,
+                         callbacks=[SignalAt(3), preemption], default_root_dir=tmp_path, **quiet)  # fmt: skip
+    trainer.fit(module, DataLoader(torch.randn(12, 4), batch_size=None), DataLoader(torch.randn(2, 4), batch_size=None))
+    assert trainer.global_step == 3 and module.validated == [2]  # signalled in step 2, validated, saved after step 3
+    assert torch.load(preemption.saved_to, weights_only=True)["global_step"] == 3

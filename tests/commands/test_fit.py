@@ -85,3 +85,13 @@ def test_abbreviated_options_are_refused_not_guessed():
 
     with pytest.raises(ArgumentError, match="--step"):
         ParseOnlyCLI(["--config", TINY, "--step", "4"], "bench", bench.add_arguments, instantiate=False)
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_help_opens_with_lightfts_description_of_the_command(command, capsys):
+    from lightft.cli import main
+    from lightft.commands import FIT_COMMANDS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert FIT_COMMANDS[command] in " ".join(capsys.readouterr().out.split())  # help wraps lines
