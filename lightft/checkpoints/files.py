@@ -112,16 +112,16 @@ def checkpoint_kind(path: str | Path) -> str:
     raise LightFTError(f"--ckpt: checkpoint '{path}' not found; runs keep them in <run dir>/checkpoints/.")
 
 
-def run_checkpoint(ckpt: str, run: str | None) -> str:
-    """`--ckpt best` or `--ckpt last` with `--run DIR`: `DIR/checkpoints/best.ckpt` (`last.ckpt`); a missing one is
-    one line naming the fix. Any other `--ckpt` is a path, returned as given.
+def run_checkpoint(ckpt: str, run: str | None, key: str = "--ckpt") -> str:
+    """`best` or `last` (given as `key`) with `--run DIR`: `DIR/checkpoints/best.ckpt` (`last.ckpt`); a missing one
+    is one line naming the fix. Anything else is a path, returned as given.
     """  # noqa: D205
     if ckpt not in ("best", "last"):
         if run is not None:
-            raise LightFTError(f"--run: read only with --ckpt best or --ckpt last, not with a path ('{ckpt}').")
+            raise LightFTError(f"--run: read only with {key} best or {key} last, not with a path ('{ckpt}').")
         return ckpt
     if run is None:
-        raise LightFTError(f"--ckpt {ckpt}: name the run: --run runs/<name> (it reads checkpoints/{ckpt}.ckpt there).")
+        raise LightFTError(f"{key} {ckpt}: name the run: --run runs/<name> (it reads checkpoints/{ckpt}.ckpt there).")
     path = Path(run) / "checkpoints" / f"{ckpt}.ckpt"
     if path.exists():
         return str(path)
@@ -129,10 +129,10 @@ def run_checkpoint(ckpt: str, run: str | None) -> str:
         raise LightFTError(f"--run: '{run}' is not a directory; give the run's trainer.default_root_dir.")
     if ckpt == "best":
         raise LightFTError(
-            f"--ckpt best: '{path}' does not exist: the run never validated on its best.monitor metric (auto: "
-            "val/loss, which needs validation data); export --ckpt last, or train with data.init_args.val."
+            f"{key} best: '{path}' does not exist: the run never validated on its best.monitor metric (auto: "
+            f"val/loss, which needs validation data); use {key} last, or train with data.init_args.val."
         )
-    raise LightFTError(f"--ckpt last: '{path}' does not exist: the run has written no checkpoint there yet.")
+    raise LightFTError(f"{key} last: '{path}' does not exist: the run has written no checkpoint there yet.")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

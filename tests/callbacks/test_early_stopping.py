@@ -119,6 +119,31 @@ def test_export_best_and_last_by_name(stalled, tmp_path):
     assert best.keys() == last.keys() and any(not torch.equal(best[k], last[k]) for k in best)
 
 
+def test_generate_reads_the_best_checkpoint_by_name(stalled, capsys):
+    run, _ = stalled
+    main(["generate", "--model", "best", "--run", str(run), "--prompt", "hi", "--max_new_tokens", "2"])
+    assert f"loaded {run / 'checkpoints' / 'best.ckpt'} on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("eval", ["--model", "best", "--data", "x.jsonl"], "--model best: name the run: --run runs/<name>"),
+        ("generate", ["--model", "best", "--run", "RUN", "--prompt", "hi"], "--model best: 'RUN/checkpoints/best.ckpt"),
+        ("chat", ["--model", "last", "--run", "RUN/nowhere"], "--run: 'RUN/nowhere' is not a directory"),
+        ("quantize", ["--ckpt", "best", "--out", "RUN/q"], "--ckpt best: name the run"),
+        ("quantize", ["--run", "RUN", "--out", "RUN/q"], "--run: read only with --ckpt best or --ckpt last"),
+    ],
+    ids=["eval-no-run", "generate-no-best", "chat-no-run-dir", "quantize-no-run", "quantize-run-alone"],
+)  # fmt: skip
+def test_every_command_that_reads_a_checkpoint_takes_it_by_name(tmp_path, capsys, command, args, message):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *(a.replace("RUN", str(tmp_path)) for a in args)])
+    assert exit_info.value.code == 2
+    assert message.replace("RUN", str(tmp_path)) in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def preempted(tmp_path_factory):
     """The stalled run, sent SIGTERM during step 4 (a validation follows it), then resumed; the first run's lines."""

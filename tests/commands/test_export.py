@@ -60,6 +60,21 @@ def test_merged_export_loads_with_transformers(tmp_path, checkpoints, name):
     assert metadata["merged"] and metadata["base"]["random_init"]
 
 
+def test_export_verification_reads_the_text_probe_and_refuses_a_model_that_moved(tmp_path, checkpoints):
+    from lightft.commands.export import _probe, _text_ids, _verify
+
+    export(str(checkpoints["lora"]), str(tmp_path / "merged"), merge=True)
+    module = load_trained(checkpoints["lora"], quantize=False)
+    ids = _text_ids(module.tokenizer)
+    assert ids.shape[1] > 8 and ids.min() >= 0  # the chat-templated sentence, not arbitrary ids
+    expected = _probe(module.model, ids)
+    _verify(tmp_path / "merged", expected, ids, exact=True, device=torch.device("cpu"))
+    moved = expected.clone()
+    moved[0, -1, 0] += 1e-2 * float(expected.abs().max())  # one logit, by 1% of the largest: beyond rounding
+    with pytest.raises(RuntimeError, match="reloads with different logits"):
+        _verify(tmp_path / "merged", moved, ids, exact=True, device=torch.device("cpu"))
+
+
 def test_export_refuses_a_non_empty_directory(tmp_path, checkpoints):
     target = tmp_path / "taken"
     target.mkdir()
