@@ -9,7 +9,8 @@ Reads `lightft fit`'s arguments, loads the tokenizer and tokenizes the data (no 
 - batches: examples per micro-batch and per optimizer step, optimizer steps per epoch (and, with packing, the
   unpacked run's steps: a warning when `batch_size_unit: rows` makes an epoch take fewer);
 - a few examples rendered with the trained tokens marked (`[[...]]`, green on a terminal);
-- the config-time compatibility checks (method x PEFT x data x strategy x accelerator);
+- the config-time compatibility checks (method x PEFT x data x strategy x accelerator), and that
+  `--early_stopping.monitor` / `--best.monitor` name a metric the run's validation logs;
 - the memory estimate (`lightft estimate`).
 
 Problems are errors (exit status 1) or warnings; a config that cannot be parsed exits with status 2 like `fit`.
@@ -18,7 +19,9 @@ Problems are errors (exit status 1) or warnings; a config that cannot be parsed 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from jsonargparse.typing import NonNegativeInt
@@ -63,7 +66,11 @@ def main(args: list[str]) -> None:
     from lightft.commands.fit import ParseOnlyCLI
 
     cli = ParseOnlyCLI(args, "doctor", add_arguments, __doc__)
-    report = diagnose(cli.model, cli.datamodule, cli.config_init["trainer"], cli.config.examples, sys.stdout.isatty())
+    monitored = [cli.config_init.get(group) for group in ("early_stopping", "best")]  # `lightft fit`'s callbacks
+    report = diagnose(
+        cli.model, cli.datamodule, cli.config_init["trainer"], cli.config.examples, sys.stdout.isatty(),
+        [callback for callback in monitored if callback is not None],
+    )  # fmt: skip
     print("\n".join(report.lines))
     print(f"\nlightft doctor: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     for message in report.errors:
@@ -72,14 +79,22 @@ def main(args: list[str]) -> None:
         sys.exit(1)
 
 
-def diagnose(module: Any, data: Any, trainer: dict[str, Any], n_examples: int = 2, color: bool = False) -> Report:
-    """Every check on a parsed run (module, data module, trainer arguments)."""
+def diagnose(
+    module: Any,
+    data: Any,
+    trainer: dict[str, Any],
+    n_examples: int = 2,
+    color: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> Report:
+    """Every check on a parsed run (module, data module, trainer arguments, the early-stopping / best callbacks)."""
     report = Report()
     # the Plan and the meta-device model, built once for the strategy check and the memory estimate
     planned = _guarded(report, "configuration", lambda: plan_for(module, data, trainer))
     report.section("compatibility")
     if planned is not None:
         compatibility(report, module, data, planned[0])
+    monitors(report, module, data, trainer, callbacks)
     report.section("tokenizer")
     tokenizer = _guarded(report, "tokenizer", data.load_tokenizer)
     if tokenizer is not None:
@@ -128,6 +143,24 @@ def compatibility(report: Report, module: Any, data: Any, plan: Any) -> None:
         report.check(True, f"{type(module).__name__} (trains on {method.batch.what}; reference: {method.reference}), "
                            f"{type(module.peft).__name__}, data, checkpointing, strategy and accelerator fit together",
                      "")  # fmt: skip
+
+
+def monitors(report: Report, module: Any, data: Any, trainer: dict[str, Any], callbacks: Sequence[Any]) -> None:
+    """`lightft fit`'s monitor check: `--early_stopping.monitor` / `--best.monitor` name a metric validation logs."""
+    from lightft.callbacks.monitored import check_monitors
+
+    named = [callback.checked_monitor for callback in callbacks if getattr(callback, "checked_monitor", None)]
+    if not named:
+        return
+    limit = trainer.get("limit_val_batches")
+    view = SimpleNamespace(limit_val_batches=1.0 if limit is None else limit, callbacks=list(callbacks))
+
+    def check() -> bool:
+        check_monitors(module, data, view)  # reads only the trainer's callbacks and limit_val_batches
+        return True
+
+    if _guarded(report, "monitors", check):
+        report.check(True, "monitored by validation: " + ", ".join(f"{flag} {key}" for flag, key in named), "")
 
 
 def tokenizer_checks(report: Report, tokenizer: Any) -> None:

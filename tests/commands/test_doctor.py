@@ -126,3 +126,15 @@ def test_a_meaningless_batch_size_unit_is_a_config_error(capsys):
     assert (
         "data.init_args.batch_size_unit: tokens makes batch_size the tokens per micro-batch" in capsys.readouterr().err
     )
+
+
+def test_doctor_checks_the_monitored_metrics_as_fit_does(capsys):
+    code, out = doctor(capsys, "--early_stopping.monitor", "val/loss", "--best.monitor", "val/ppl")
+    assert code == 0, out
+    assert "ok      monitored by validation: --early_stopping.monitor val/loss, --best.monitor val/ppl" in out
+    code, out = doctor(capsys, "--early_stopping.monitor", "val/acc")
+    assert code == 1
+    assert "error: --early_stopping.monitor: SFTModule's validation does not log 'val/acc'; it logs val/loss" in out
+    code, out = doctor(capsys, "--best.monitor", "val/loss", "--trainer.limit_val_batches", "0")
+    assert code == 1
+    assert "error: --best.monitor: 'val/loss' is a validation metric, but validation is off" in out
