@@ -23,7 +23,7 @@ from lightft.checkpoints import run_checkpoint
 from lightft.data.templates import render
 from lightft.errors import LightFTError
 from lightft.generation import GenerationSettings
-from lightft.models.loading import NAMED_TEMPLATES, resolve_device
+from lightft.models.loading import chat_template_text, resolve_device
 from lightft.quantization import ptq
 
 from .export import METADATA
@@ -231,7 +231,7 @@ def chat(
     target, weights = resolve_device(device, dtype)
     network, tokenizer = load_inference_model(model, gguf_file, adapter, target, weights)
     if chat_template:
-        tokenizer.chat_template = NAMED_TEMPLATES.get(chat_template, chat_template)
+        tokenizer.chat_template = chat_template_text(chat_template)
     if not tokenizer.chat_template:
         raise LightFTError(f"--model: the tokenizer of '{model}' has no chat template, so a conversation cannot be "
                            "rendered; chat with an instruct model (or a fine-tune of one), or pass --chat_template "

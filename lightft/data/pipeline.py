@@ -70,17 +70,17 @@ def tokenizer_fingerprint(rows: datasets.Dataset, tokenizer: PreTrainedTokenizer
 
 
 def formatted_rows(
-    spec: DatasetSpec | Mixture, key: str, allowed: tuple[str, ...] = SFT_FORMATS
+    spec: DatasetSpec | Mixture, key: str, allowed: tuple[str, ...] = SFT_FORMATS, in_memory: bool = False
 ) -> tuple[datasets.Dataset, str, Locator]:
-    """Rows with the column mapping applied, their format (one of `allowed`) and a row locator for errors (a
-    mixture: those of its first source).
+    """Rows with the column mapping applied (in memory with `in_memory`, else in `datasets`' cache), their format
+    (one of `allowed`) and a row locator for errors (a mixture: those of its first source).
     """  # noqa: D205
     if isinstance(spec, Mixture):
         spec, key = spec.sources[0], f"{key}[0]"
     rows, where = load_rows(spec, key)
     if spec.columns:
         columns = dict(spec.columns)
-        rows = rows.map(lambda row: remap(row, columns), desc="mapping columns")
+        rows = rows.map(lambda row: remap(row, columns), desc="mapping columns", keep_in_memory=in_memory)
     name = f"{key} ({spec.path})"
     fmt = detect_format(rows.column_names, name, allowed) if spec.format == "auto" else spec.format
     check_columns(fmt, rows.column_names, name, allowed)
@@ -102,8 +102,8 @@ def encode_split(
         )
         return mixed, SplitStats.combined(stats, text)
 
-    def build() -> tuple[datasets.Dataset, dict[str, Any]]:
-        rows, fmt, where = formatted_rows(spec, key)
+    def build(in_memory: bool) -> tuple[datasets.Dataset, dict[str, Any]]:
+        rows, fmt, where = formatted_rows(spec, key, in_memory=in_memory)
         encoder = ExampleEncoder(tokenizer, max_length, truncation)
         chat, conversations = bool(tokenizer.chat_template), spec.conversations
 
@@ -124,8 +124,8 @@ def encode_split(
 
         fingerprint = tokenizer_fingerprint(rows, tokenizer, fmt, max_length, truncation, repr(spec))
         encoded = rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint,
-                           desc="tokenizing", num_proc=num_proc)  # fmt: skip
-        kept, stats = filter_untrainable(encoded, spec, key, where)
+                           desc="tokenizing", num_proc=num_proc, keep_in_memory=in_memory)  # fmt: skip
+        kept, stats = filter_untrainable(encoded, spec, key, where, in_memory)
         if not any(kept["weights"]):
             kept = kept.remove_columns("weights")
         return kept, dataclasses.asdict(stats)
@@ -142,13 +142,15 @@ def cache_key(spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, *settings: 
 
 
 def filter_untrainable(
-    encoded: datasets.Dataset, spec: DatasetSpec, key: str, where: Locator
+    encoded: datasets.Dataset, spec: DatasetSpec, key: str, where: Locator, in_memory: bool = False
 ) -> tuple[datasets.Dataset, SplitStats]:
     """Drop rows with no trained token (counted, the first one named); an empty result is an error."""
     too_long = sum(encoded["too_long"])
     flags = zip(encoded["n_trained"], encoded["too_long"], strict=True)
     zero = [i for i, (n, long) in enumerate(flags) if n == 0 and not long]
-    kept = encoded.filter(lambda row: row["n_trained"] > 0, desc="dropping untrainable examples")
+    kept = encoded.filter(
+        lambda row: row["n_trained"] > 0, desc="dropping untrainable examples", keep_in_memory=in_memory
+    )
     stats = SplitStats(
         rows=len(encoded),
         kept=len(kept),
@@ -178,8 +180,8 @@ def encode_prompts(
     if isinstance(spec, Mixture):
         return encode_mixture(spec, lambda s, at: (encode_prompts(s, at, tokenizer, max_length, num_proc), None))[0]
 
-    def build() -> tuple[datasets.Dataset, dict[str, Any]]:
-        rows, fmt, where = formatted_rows(spec, key, PROMPT_FORMATS)
+    def build(in_memory: bool) -> tuple[datasets.Dataset, dict[str, Any]]:
+        rows, fmt, where = formatted_rows(spec, key, PROMPT_FORMATS, in_memory)
         encoder = ExampleEncoder(tokenizer, max_length, "left")
         chat, conversations = bool(tokenizer.chat_template), spec.conversations
 
@@ -190,7 +192,7 @@ def encode_prompts(
 
         fingerprint = tokenizer_fingerprint(rows, tokenizer, "prompts", fmt, max_length, repr(spec))
         encoded = rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint,
-                           desc="tokenizing prompts", num_proc=num_proc)  # fmt: skip
+                           desc="tokenizing prompts", num_proc=num_proc, keep_in_memory=in_memory)  # fmt: skip
         return encoded, {}
 
     return cached(cache_key(spec, tokenizer, "prompts", max_length), build)[0]

@@ -90,8 +90,8 @@ def encode_preferences(
         )
         return mixed, SplitStats.combined([stats for stats, _ in extras], text), extras[0][1]
 
-    def build() -> tuple[datasets.Dataset, dict[str, Any]]:
-        rows, fmt, where = formatted_rows(spec, key, PREFERENCE_FORMATS)
+    def build(in_memory: bool) -> tuple[datasets.Dataset, dict[str, Any]]:
+        rows, fmt, where = formatted_rows(spec, key, PREFERENCE_FORMATS, in_memory)
         encoder = ExampleEncoder(tokenizer, max_length, truncation)
         paired = fmt in PAIRED_FORMATS
         margin = _margin_source(spec, rows.column_names, paired, key)
@@ -106,8 +106,8 @@ def encode_preferences(
 
         fingerprint = tokenizer_fingerprint(rows, tokenizer, "preference", fmt, max_length, truncation, repr(spec))
         encoded = rows.map(encode, with_indices=True, remove_columns=rows.column_names, new_fingerprint=fingerprint,
-                           desc="tokenizing", num_proc=num_proc)  # fmt: skip
-        kept, stats = filter_untrainable(encoded, spec, key, where)
+                           desc="tokenizing", num_proc=num_proc, keep_in_memory=in_memory)  # fmt: skip
+        kept, stats = filter_untrainable(encoded, spec, key, where, in_memory)
         return kept, {"stats": dataclasses.asdict(stats), "paired": paired}
 
     kept, meta = cached(cache_key(spec, tokenizer, "preference", max_length, truncation), build)

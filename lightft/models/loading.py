@@ -47,10 +47,18 @@ CHATML_TEMPLATE = (
 )
 # chatml-tools: ChatML with function calling in the Hermes / Qwen2.5 style (`tools` in the system turn,
 # `<tool_call>` JSON in assistant turns, `tool` results as `<tool_response>` in a user turn)
-NAMED_TEMPLATES = {
-    "chatml": CHATML_TEMPLATE,
-    "chatml-tools": (Path(__file__).parent / "templates" / "chatml_tools.jinja").read_text(),
-}
+TEMPLATE_FILES = {"chatml-tools": "chatml_tools.jinja"}  # in lightft/models/templates, read when named
+
+
+def chat_template_text(value: str) -> str:
+    """A `chat_template` option as Jinja text: a named template (`chatml`, `chatml-tools`), or `value` itself."""
+    if value == "chatml":
+        return CHATML_TEMPLATE
+    if value in TEMPLATE_FILES:
+        return (Path(__file__).parent / "templates" / TEMPLATE_FILES[value]).read_text()
+    return value
+
+
 # Tokens that model families reserve for padding, tried before adding a new one.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
 # The attribute `load_model` sets on a model whose embeddings it grew for a token the tokenizer added: the old rows.
@@ -209,7 +217,7 @@ def load_tokenizer(spec: ModelSpec, key: str = "model.path") -> PreTrainedTokeni
     except (OSError, ValueError) as err:
         raise _load_error(key, path, err) from err
     if spec.chat_template:
-        tokenizer.chat_template = NAMED_TEMPLATES.get(spec.chat_template, spec.chat_template)
+        tokenizer.chat_template = chat_template_text(spec.chat_template)
     fix_pad_token(tokenizer)
     tokenizer.padding_side = "right"
     return tokenizer

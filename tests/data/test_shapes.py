@@ -7,6 +7,7 @@ their ratios; encodings cached by content.
 import json
 import shutil
 
+import datasets
 import pytest
 import torch
 
@@ -248,11 +249,13 @@ def test_sources_of_different_kinds_do_not_mix(tok):
 
 def test_encodings_are_cached_by_content_not_by_path(tmp_path, tok, monkeypatch):
     monkeypatch.setenv("LIGHTFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")  # where `datasets` caches its maps
     first = tmp_path / "a.jsonl"
     shutil.copy(SHAPES / "sharegpt.jsonl", first)
     encoded, _ = encode_split(DatasetSpec(str(first)), "k", tok, 512, "right")
     entries = list((tmp_path / "cache").iterdir())
     assert len(entries) == 1
+    assert list((tmp_path / "hf").rglob("*.arrow")) and not list((tmp_path / "hf").rglob("cache-*.arrow"))  # once
     moved = tmp_path / "elsewhere" / "b.jsonl"
     moved.parent.mkdir()
     shutil.copy(first, moved)

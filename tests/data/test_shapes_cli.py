@@ -93,3 +93,15 @@ def test_bad_mixtures_are_one_line_errors(tmp_path, capsys, train, message):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("lightft: error: ") and re.search(message, err), err
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_the_triviaqa_recipe_reads_triviaqa_as_it_comes(capsys):
+    """configs/sft/smollm2_triviaqa.yaml on SmolLM2 with its Hub splits pointed at the local sample of the same shape:
+    the question is the user turn, `answer.value` the trained assistant turn.
+    """  # noqa: D205
+    sample = str(SHAPES / "triviaqa.jsonl")
+    main(["doctor", "--config", str(ROOT / "configs" / "sft" / "smollm2_triviaqa.yaml"),
+          "--data.init_args.train.path", sample, "--data.init_args.val.path", sample, "--examples", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "lightft doctor: 0 error(s)" in out, out
+    assert "Which store is on the harbor?" in out and "[[Harbor<|im_end|>" in out, out
