@@ -67,6 +67,18 @@ def wait_for(env: dict, job_id: str, until, timeout: float = 300) -> dict:
     pytest.fail(f"job {job_id} timed out in state {job(env, job_id).get('JobState')}")
 
 
+def wait_until_idle(env: dict, node: str, timeout: float = 60) -> None:
+    """Poll `scontrol show node` until the node runs and cleans up no job."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = subprocess.run(["scontrol", "-o", "show", "node", node], env=env, capture_output=True, text=True)
+        state = dict(re.findall(r"(\w+)=(\S*)", shown.stdout)).get("State", "")
+        if state.startswith("IDLE") and "COMPLETING" not in state:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"node {node} still busy after {timeout} s: {shown.stdout.strip()}")
+
+
 def log(out: Path, job_id: str) -> str:
     return (out / f"job-{job_id}.out").read_text()
 
@@ -94,10 +106,16 @@ def test_a_signalled_job_checkpoints_requeues_and_resumes(slurm, tmp_path):
     while not (progress.exists() and len(progress.read_text().splitlines()) >= 7):
         assert time.monotonic() < deadline, log(tmp_path, job_id)
         time.sleep(0.2)
+    node = job(slurm, job_id)["BatchHost"]
     # What SLURM sends 90 s before the time limit (#SBATCH --signal=SIGUSR1@90), sent now.
     subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm, check=True)
     requeued = wait_for(slurm, job_id, lambda s: s.get("Restarts") == "1" and s.get("JobState") != "COMPLETING")
-    if requeued["JobState"] == "PENDING":  # SLURM holds a requeued job back ~2 min; the test lets it go now
+    if requeued["JobState"] == "PENDING":  # SLURM holds a requeued job back ~2 min; the test lets it go now,
+        # once the old allocation is released and a second has passed: slurmd revokes the old credential with
+        # one-second resolution and kills a restart whose credential is from that same second ("Job credential
+        # revoked", the job FAILED without running)
+        wait_until_idle(slurm, node)
+        time.sleep(2)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm, check=True)
     state = wait_for(slurm, job_id, lambda s: s.get("JobState") == "COMPLETED")
     assert state["Restarts"] == "1" and state["ExitCode"] == "0:0"
